@@ -1,0 +1,95 @@
+"""Uniform, streaming access to the datasets' archives: zip, tar(.gz/.xz/.bz2) or a folder.
+
+The readers never extract anything to disk: they yield `(path, bytes)` pairs for the
+regular files inside, with paths normalised to forward slashes and relative to the
+archive's root. Damaged archives raise `ArchiveError` with the archive's path in the
+message instead of a low-level zip/tar/lzma exception.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import pathlib
+import tarfile
+import zipfile
+import zlib
+from typing import Iterator
+
+ARCHIVE_SUFFIXES = ('.zip', '.tar', '.tar.gz', '.tgz', '.tar.xz', '.txz', '.tar.bz2')
+
+
+class ArchiveError(RuntimeError):
+  """An archive is missing, truncated, corrupt or laid out differently than expected."""
+
+
+def is_archive(path: os.PathLike | str) -> bool:
+  """Whether `path` names a file with a supported archive suffix."""
+  return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _normalise(name: str) -> str | None:
+  parts = [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
+  if not parts or '..' in parts or parts[-1].startswith('._') or '__MACOSX' in parts:
+    return None
+  return '/'.join(parts)
+
+
+def _damaged(path, err) -> ArchiveError:
+  return ArchiveError(
+      f'Archive {path} is truncated or corrupt ({type(err).__name__}: {err}). '
+      'Download it again (see the README section "Data").')
+
+
+def list_files(path: os.PathLike | str) -> list[str]:
+  """Paths of the regular files in an archive or folder, sorted."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob('*') if p.is_file())
+  try:
+    if str(path).lower().endswith('.zip'):
+      with zipfile.ZipFile(path) as zf:
+        names = [n for i in zf.infolist() if not i.is_dir() and (n := _normalise(i.filename))]
+    else:
+      with tarfile.open(path) as tf:
+        names = [n for m in tf if m.isfile() and (n := _normalise(m.name))]
+  except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
+    raise _damaged(path, e) from e
+  return sorted(names)
+
+
+def iter_files(path: os.PathLike | str) -> Iterator[tuple[str, bytes]]:
+  """Yields `(relative_path, content)` for every regular file, streaming tar archives."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    for name in list_files(path):
+      yield name, (path / name).read_bytes()
+    return
+  try:
+    if str(path).lower().endswith('.zip'):
+      with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+          name = _normalise(info.filename)
+          if name and not info.is_dir():
+            yield name, zf.read(info)
+    else:
+      with tarfile.open(path, mode='r|*') as tf:
+        for member in tf:
+          name = _normalise(member.name)
+          if name and member.isfile():
+            yield name, tf.extractfile(member).read()
+  except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
+    raise _damaged(path, e) from e
+
+
+def find_root(names: list[str], marker: str) -> str:
+  """The prefix ('' or 'a/b/') under which `marker` (a relative path) first occurs."""
+  for name in names:
+    if name == marker or name.startswith(marker + '/'):
+      return ''
+    idx = name.find('/' + marker + '/')
+    if idx < 0 and name.endswith('/' + marker):
+      idx = len(name) - len(marker) - 1
+    if idx >= 0:
+      return name[:idx + 1]
+  raise KeyError(marker)

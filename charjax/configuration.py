@@ -1,0 +1,79 @@
+"""The fields every experiment config declares, and checks of their values."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Field name -> accepted Python types. configs/default.py declares exactly these.
+FIELDS = {
+    'dataset': str, 'subset': str, 'data_dir': str, 'tfds_dir': str, 'image_size': int,
+    'split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
+    'model': str, 'conv_features': tuple, 'dense_features': int, 'conv_dropout': float,
+    'dense_dropout': float, 'conv_impl': str,
+    'learning_rate': float, 'rmsprop_rho': float, 'rmsprop_epsilon': float,
+    'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
+    'checkpoint_every_epochs': int,
+}
+
+SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
+
+
+class ConfigError(ValueError):
+  """A config has unknown fields or impossible values."""
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` listing every unknown field and impossible value of `config`."""
+  problems = []
+  unknown = sorted(set(config.keys()) - set(FIELDS))
+  missing = sorted(set(FIELDS) - set(config.keys()))
+  if unknown:
+    problems.append(f'unknown fields {unknown}')
+  if missing:
+    problems.append(f'missing fields {missing}')
+  for key, kind in FIELDS.items():
+    if key not in config:
+      continue
+    value = config[key]
+    accepted = (int, float) if kind is float else ((tuple, list) if kind is tuple else kind)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+      problems.append(f'{key}={value!r} should be of type {kind.__name__}')
+  if problems:
+    raise ConfigError('Invalid config: ' + '; '.join(problems))
+
+  def need(condition, message):
+    if not condition:
+      problems.append(message)
+
+  need(config.dataset in SUBSETS, f'dataset={config.dataset!r} is not one of {list(SUBSETS)}')
+  need(config.subset in SUBSETS.get(config.dataset, ()),
+       f'subset={config.subset!r} is not one of {SUBSETS.get(config.dataset)}')
+  need(config.split in ('stratified', 'writer'), f'split={config.split!r} is not '
+       '"stratified" or "writer"')
+  need(config.image_size >= 8, f'image_size={config.image_size} must be at least 8')
+  need(0 < config.test_fraction < 1, f'test_fraction={config.test_fraction} not in (0, 1)')
+  need(0 < config.val_fraction < 1, f'val_fraction={config.val_fraction} not in (0, 1)')
+  need(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive')
+  need(0 <= config.rmsprop_rho < 1, f'rmsprop_rho={config.rmsprop_rho} not in [0, 1)')
+  need(config.rmsprop_epsilon >= 0, f'rmsprop_epsilon={config.rmsprop_epsilon} is negative')
+  need(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
+  need(config.eval_batch_size > 0, f'eval_batch_size={config.eval_batch_size} must be positive')
+  need(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive')
+  need(config.checkpoint_every_epochs > 0,
+       f'checkpoint_every_epochs={config.checkpoint_every_epochs} must be positive')
+  need(len(config.conv_features) > 0 and all(f > 0 for f in config.conv_features),
+       f'conv_features={config.conv_features} must be positive')
+  need(config.conv_impl in ('auto', 'xla', 'patches'),
+       f'conv_impl={config.conv_impl!r} is not "auto", "xla" or "patches"')
+  need(config.dense_features > 0, f'dense_features={config.dense_features} must be positive')
+  for key in ('conv_dropout', 'dense_dropout'):
+    need(0 <= config[key] < 1, f'{key}={config[key]} not in [0, 1)')
+  if problems:
+    raise ConfigError('Invalid config: ' + '; '.join(problems))
+
+
+def check_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:
+  """Raises `ConfigError` when the config cannot work with a training set of `num_train`."""
+  if config.batch_size > num_train:
+    raise ConfigError(f'batch_size={config.batch_size} is larger than the training set '
+                      f'({num_train} images of {config.dataset}/{config.subset}).')

@@ -1,0 +1,134 @@
+"""Prepares a dataset once (TFDS, ArrayRecord), checks it, and loads it into arrays."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from charjax import archives
+from charjax import datasets
+from charjax import preprocess
+from charjax import splits as splits_lib
+from charjax.datasets import sources
+
+# Whether each dataset's ink is dark on a light background (then it is inverted).
+INK_IS_DARK = {'nhcd': True, 'dhcd': False}
+
+
+@dataclasses.dataclass
+class Examples:
+  """A whole dataset on the host: stored images and their metadata, in file-name order."""
+  images: list[np.ndarray]
+  labels: np.ndarray
+  file_names: np.ndarray
+  writer_ids: np.ndarray
+  class_names: list[str]
+
+
+@dataclasses.dataclass
+class SplitArrays:
+  """Model-ready arrays per split (float32 images, int32 labels) and the split indices."""
+  images: dict[str, np.ndarray]
+  labels: dict[str, np.ndarray]
+  indices: dict[str, np.ndarray]
+  class_names: list[str]
+
+
+def builder_for(dataset: str, subset: str, tfds_dir) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `dataset` ('nhcd' with a subset config, or 'dhcd')."""
+  kwargs = dict(data_dir=str(sources.tfds_dir(tfds_dir)), file_format='array_record')
+  if dataset == 'nhcd':
+    return datasets.Nhcd(config=subset, **kwargs)
+  if dataset == 'dhcd':
+    return datasets.Dhcd(**kwargs)
+  raise ValueError(f'Unknown dataset {dataset!r}: expected "nhcd" or "dhcd".')
+
+
+def _expected_counts(dataset: str, subset: str, source) -> collections.Counter:
+  names = archives.list_files(source)
+  if dataset == 'nhcd':
+    return collections.Counter(datasets.nhcd.layout(names, subset).values())
+  return collections.Counter(datasets.dhcd.layout(names)['train'].values())
+
+
+def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
+            tfds_dir=None) -> tfds.core.DatasetBuilder:
+  """Builds the ArrayRecord files once; afterwards reuses them.
+
+  Right after building, the number of examples per class is logged and compared with the
+  archive's listing; a mismatch raises `ArchiveError`.
+  """
+  builder = builder_for(dataset, subset, tfds_dir)
+  if builder.is_prepared():
+    return builder
+  source = sources.find_source(dataset, data_dir)
+  logging.info('Preparing %s/%s from %s into %s', dataset, subset, source, builder.data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(source.parent)))
+  labels = [r['label'] for r in _read_all(builder.as_data_source()['train'])]
+  found = collections.Counter(labels)
+  expected = _expected_counts(dataset, subset, source)
+  names = builder.info.features['label'].names
+  logging.info('%s/%s examples per class: %s', dataset, subset,
+               ', '.join(f'{names[k]}={found[k]}' for k in sorted(found)))
+  if found != expected:
+    diff = {names[k]: (found[k], expected[k]) for k in set(found) | set(expected)
+            if found[k] != expected[k]}
+    raise archives.ArchiveError(
+        f'Prepared {dataset}/{subset} does not match {source}: (prepared, in archive) per '
+        f'class: {diff}. Delete {builder.data_dir} and the archive, then download it again.')
+  return builder
+
+
+def _read_all(source) -> list[dict]:
+  return source.__getitems__(list(range(len(source))))
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def load_examples(dataset: str, subset: str = 'all', *, data_dir=None,
+                  tfds_dir=None) -> Examples:
+  """Prepares (if needed) and reads every example of the `train` split into memory."""
+  builder = prepare(dataset, subset, data_dir=data_dir, tfds_dir=tfds_dir)
+  records = sorted(_read_all(builder.as_data_source()['train']),
+                   key=lambda r: _text(r['file_name']))
+  return Examples(
+      images=[r['image'] for r in records],
+      labels=np.array([r['label'] for r in records], np.int32),
+      file_names=np.array([_text(r['file_name']) for r in records]),
+      writer_ids=np.array([_text(r.get('writer_id', '')) for r in records]),
+      class_names=list(builder.info.features['label'].names),
+  )
+
+
+def make_splits(examples: Examples, *, kind: str, test_fraction: float, val_fraction: float,
+                seed: int) -> dict[str, np.ndarray]:
+  """Index arrays per split: kind 'stratified' (the study's) or 'writer' (writer-disjoint)."""
+  kwargs = dict(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+  if kind == 'stratified':
+    return splits_lib.stratified_split(examples.labels, **kwargs)
+  if kind == 'writer':
+    return splits_lib.writer_disjoint_split(examples.labels, examples.writer_ids, **kwargs)
+  raise ValueError(f'Unknown split {kind!r}: expected "stratified" or "writer".')
+
+
+def load_splits(config) -> tuple[Examples, SplitArrays]:
+  """Loads `config.dataset`/`config.subset`, splits it and preprocesses every split."""
+  examples = load_examples(config.dataset, config.subset, data_dir=config.data_dir or None,
+                           tfds_dir=config.tfds_dir or None)
+  indices = make_splits(examples, kind=config.split, test_fraction=config.test_fraction,
+                        val_fraction=config.val_fraction, seed=config.split_seed)
+  images = {
+      name: preprocess.to_model_input([examples.images[i] for i in idx],
+                                      ink_is_dark=INK_IS_DARK[config.dataset],
+                                      image_size=config.image_size)
+      for name, idx in indices.items()
+  }
+  labels = {name: examples.labels[idx] for name, idx in indices.items()}
+  return examples, SplitArrays(images, labels, indices, examples.class_names)

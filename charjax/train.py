@@ -1,0 +1,240 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
+
+Command line (a thin absl main):
+
+  python -m charjax.train --config configs/consonants.py --workdir runs/consonants \
+      [--config.num_epochs=5 ...]
+
+The workdir receives `config.json`, `splits.json`, `metrics.jsonl` (one line per epoch),
+`checkpoints/best` (lowest validation loss), `checkpoints/latest` and `results.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from charjax import archives
+from charjax import checkpointing
+from charjax import configuration
+from charjax import input_pipeline
+from charjax import models
+from charjax import optim
+from charjax import splits as splits_lib
+from charjax.datasets import sources
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The Flax module named by `config.model` (a class in `charjax.models`)."""
+  model_cls = getattr(models, config.model)
+  return model_cls(num_classes=num_classes, conv_features=tuple(config.conv_features),
+                   dense_features=config.dense_features, conv_dropout=config.conv_dropout,
+                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
+                       image_size: int) -> train_state.TrainState:
+  """Initialised parameters and Keras-style RMSprop state."""
+  params = model.init(rng, jnp.zeros((1, image_size, image_size, 1)), train=False)['params']
+  tx = optim.keras_rmsprop(config.learning_rate, config.rmsprop_rho, config.rmsprop_epsilon)
+  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def _batch_metrics(logits, labels, mask):
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels) & mask
+  return {'loss': jnp.sum(ce * mask), 'correct': jnp.sum(correct), 'count': jnp.sum(mask)}
+
+
+@jax.jit
+def train_step(state: train_state.TrainState, images, labels, mask, rng):
+  """One RMSprop step on the masked mean cross-entropy; returns summed batch metrics.
+
+  `mask` marks real examples (padding fills the last batch of an epoch); dropout draws
+  from `fold_in(rng, state.step)`.
+  """
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images, train=True,
+                            rngs={'dropout': dropout_rng})
+    metrics = _batch_metrics(logits, labels, mask)
+    return metrics['loss'] / metrics['count'], metrics
+
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads), metrics
+
+
+@jax.jit
+def eval_step(state: train_state.TrainState, images, labels, mask):
+  """Summed loss and correct count, and the predicted classes, of one batch."""
+  logits = state.apply_fn({'params': state.params}, images, train=False)
+  return {**_batch_metrics(logits, labels, mask), 'predictions': jnp.argmax(logits, -1)}
+
+
+def _batches(order: jax.Array, batch_size: int):
+  """(steps, batch) gather indices covering `order` once, and the mask of real entries."""
+  n = order.shape[0]
+  steps = -(-n // batch_size)
+  padded = jnp.concatenate([order, jnp.zeros(steps * batch_size - n, order.dtype)])
+  mask = jnp.arange(steps * batch_size) < n
+  return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def _sum(metrics):
+  return jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+
+
+@functools.partial(jax.jit, static_argnames='batch_size', donate_argnums=0)
+def train_epoch(state, images, labels, rng, epoch, *, batch_size: int):
+  """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
+
+  Like Keras, the last batch is smaller when the set does not divide evenly (here it is
+  padded and masked). Returns the new state and summed metrics.
+  """
+  shuffle_rng, dropout_rng = jax.random.split(rng)
+  order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
+  index, mask = _batches(order, batch_size)
+
+  def body(state, batch):
+    idx, m = batch
+    return train_step(state, images[idx], labels[idx], m, dropout_rng)
+
+  state, metrics = jax.lax.scan(body, state, (index, mask))
+  return state, _sum(metrics)
+
+
+@functools.partial(jax.jit, static_argnames='batch_size')
+def evaluate(state, images, labels, *, batch_size: int):
+  """Summed loss, correct count and per-image predictions over a whole split."""
+  index, mask = _batches(jnp.arange(images.shape[0]), batch_size)
+  metrics = jax.lax.map(lambda b: eval_step(state, images[b[0]], labels[b[0]], b[1]),
+                        (index, mask))
+  predictions = metrics.pop('predictions').reshape(-1)[:images.shape[0]]
+  return {**_sum(metrics), 'predictions': predictions}
+
+
+def _summarise(sums) -> dict[str, float]:
+  count = float(sums['count'])
+  return {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count}
+
+
+def _device_info() -> dict:
+  device = jax.devices()[0]
+  return {'platform': device.platform, 'device_kind': device.device_kind,
+          'device_count': jax.device_count(), 'jax_version': jax.__version__}
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """Counts [true, predicted]."""
+  return np.bincount(labels * num_classes + predictions,
+                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config`'s model, keeps the best-validation checkpoint, evaluates it on test.
+
+  Returns the dict also written to `workdir/results.json`.
+  """
+  configuration.validate(config)
+  start = time.time()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  examples, data = input_pipeline.load_splits(config)
+  configuration.check_against_data(config, len(data.labels['train']))
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  splits_lib.save(workdir / 'splits.json', data.indices, examples.file_names)
+  split_sizes = {name: int(len(y)) for name, y in data.labels.items()}
+  logging.info('%s/%s split sizes: %s', config.dataset, config.subset, split_sizes)
+
+  images = {k: jax.device_put(v) for k, v in data.images.items()}
+  labels = {k: jax.device_put(v) for k, v in data.labels.items()}
+  num_classes = len(data.class_names)
+  model = create_model(config, num_classes)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(config, model, init_rng, config.image_size)
+  eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
+
+  best = checkpointing.manager(workdir / 'checkpoints' / 'best')
+  latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
+  best_val_loss, best_epoch, throughput = float('inf'), 0, []
+  with open(workdir / 'metrics.jsonl', 'w') as metrics_file:
+    for epoch in range(1, config.num_epochs + 1):
+      tick = time.perf_counter()
+      state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
+                                      epoch, batch_size=config.batch_size)
+      train = _summarise(jax.device_get(train_sums))
+      seconds = time.perf_counter() - tick
+      val = _summarise(evaluate(state, images['validation'], labels['validation'],
+                                batch_size=eval_bs['validation']))
+      improved = val['loss'] < best_val_loss
+      if improved:
+        best_val_loss, best_epoch = val['loss'], epoch
+        checkpointing.save(best, epoch, state, {'val_loss': val['loss']})
+      if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+        checkpointing.save(latest, epoch, state)
+      record = {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
+                'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+                'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
+                'best': improved}
+      throughput.append(record['images_per_s'])
+      metrics_file.write(json.dumps(record) + '\n')
+      metrics_file.flush()
+      logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
+                   '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
+                   val['loss'], val['accuracy'], record['images_per_s'],
+                   '  *best*' if improved else '')
+
+  state = checkpointing.restore(best, state, best_epoch)
+  test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'])
+  predictions = np.asarray(test.pop('predictions'))
+  test = _summarise(jax.device_get(test))
+  confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  results = {
+      'dataset': config.dataset, 'subset': config.subset, 'model': config.model,
+      'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
+      'best_epoch': best_epoch, 'best_val_loss': best_val_loss, 'epochs_run': config.num_epochs,
+      'split_sizes': split_sizes, 'class_names': data.class_names,
+      'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
+      'confusion_matrix': confusion.tolist(),
+      'train_images_per_s': float(np.median(throughput[1:] or throughput)),
+      'wall_clock_s': time.time() - start, 'device': _device_info(),
+  }
+  (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
+  logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],
+               best_epoch, workdir / 'results.json')
+  return results
+
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:
+    sys.exit(f'charjax: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,40 @@
+"""Experiment 2 of the study: a CNN per subset (here the consonants) with its settings.
+
+Every field charjax reads is declared here; the other configs import this one and
+override a few fields.
+
+  python -m charjax.train --config configs/default.py --workdir runs/default
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = 'nhcd'            # 'nhcd' or 'dhcd'
+  config.subset = 'consonants'       # nhcd: numerals | vowels | consonants | all
+  config.data_dir = ''               # archives; '' = $CHARJAX_DATA_DIR, then defaults
+  config.tfds_dir = ''               # prepared data; '' = $CHARJAX_TFDS_DIR or ~/tensorflow_datasets
+  config.image_size = 36             # the study's input (our copy of NHCD is 28x28)
+  config.split = 'stratified'        # 'stratified' (the study's) or 'writer' (writer-disjoint)
+  config.test_fraction = 0.15
+  config.val_fraction = 0.176
+  config.split_seed = 1
+  # Model (a class in charjax.models).
+  config.model = 'SubsetCNN'
+  config.conv_features = (32, 64)
+  config.dense_features = 256
+  config.conv_dropout = 0.25
+  config.dense_dropout = 0.8
+  config.conv_impl = 'auto'           # 'xla', 'patches' (GEMMs; fast on CPU) or 'auto'
+  # Optimisation.
+  config.learning_rate = 5e-4
+  config.rmsprop_rho = 0.9
+  config.rmsprop_epsilon = 1e-8
+  config.batch_size = 800
+  config.eval_batch_size = 1000
+  config.num_epochs = 180
+  config.seed = 0
+  config.checkpoint_every_epochs = 10
+  return config
