@@ -227,9 +227,16 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and r
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _quiet_library_logs(record) -> bool:
+  """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
+  noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
+  return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_quiet_library_logs)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:

@@ -1,0 +1,140 @@
+"""The TFDS builders on generated archives: layouts, counts, and every kind of bad input."""
+
+import collections
+import io
+import os
+
+import numpy as np
+import pytest
+
+from charjax import archives
+from charjax import input_pipeline
+from charjax.datasets import sources
+from tests import conftest
+
+
+def test_nhcd_from_zip_has_images_labels_writers(prepared_dirs):
+  data_dir, tfds_dir = prepared_dirs
+  examples = input_pipeline.load_examples('nhcd', 'numerals', data_dir=data_dir,
+                                          tfds_dir=tfds_dir)
+  assert len(examples.labels) == 10 * 3 * 4
+  assert examples.images[0].shape == (28, 28, 1) and examples.images[0].dtype == np.uint8
+  assert examples.class_names[3] == '3 (३)'
+  assert collections.Counter(examples.labels.tolist()) == {k: 12 for k in range(10)}
+  assert set(examples.writer_ids) == {'001', '002', '003'}
+  assert examples.file_names[0] == 'nhcd/numerals/0/001_01.jpg'
+  # The stored image is the archive's JPEG, decoded: dark ink on a light background.
+  assert examples.images[0].mean() > 128
+
+
+def test_prepared_dataset_is_reused(prepared_dirs, monkeypatch):
+  data_dir, tfds_dir = prepared_dirs
+  monkeypatch.setattr(sources, 'find_source', lambda *a, **k: pytest.fail('re-prepared'))
+  assert input_pipeline.prepare('nhcd', 'numerals', tfds_dir=tfds_dir).is_prepared()
+
+
+@pytest.mark.parametrize('layout', ['nhcd.tar.xz', 'nhcd/labels.csv'])
+def test_nhcd_all_from_tar_and_folder_in_study_order(tmp_path, layout):
+  conftest.write_archive(conftest.nhcd_files(writers=1, samples=1), tmp_path / 'data' / layout)
+  examples = input_pipeline.load_examples('nhcd', 'all', data_dir=tmp_path / 'data',
+                                          tfds_dir=tmp_path / 'tfds')
+  assert len(examples.class_names) == 58
+  by_name = dict(zip(examples.file_names, examples.labels))
+  assert by_name['nhcd/numerals/9/001_01.jpg'] == 9
+  assert by_name['nhcd/vowels/1/001_01.jpg'] == 10
+  assert by_name['nhcd/consonants/36/001_01.jpg'] == 57
+  assert examples.class_names[57] == 'gya (ज्ञ)'
+
+
+@pytest.mark.parametrize('suffix', [False, True])
+def test_dhcd_train_only_archive(tmp_path, suffix):
+  conftest.write_archive(conftest.dhcd_files(per_class=2, suffix=suffix),
+                         tmp_path / 'data' / 'dhcd-train.tar.xz')
+  examples = input_pipeline.load_examples('dhcd', data_dir=tmp_path / 'data',
+                                          tfds_dir=tmp_path / 'tfds')
+  assert len(examples.labels) == 46 * 2 and len(examples.class_names) == 46
+  assert examples.images[0].shape == (32, 32, 1)
+  assert collections.Counter(examples.labels.tolist()) == {k: 2 for k in range(46)}
+
+
+def test_missing_data_says_where_to_download_and_put_it(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(sources.DataNotFoundError, match='kaggle.com.*put the archive') as err:
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'empty',
+                           tfds_dir=tmp_path / 'tfds')
+  assert str(tmp_path / 'empty') in str(err.value)
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+  conftest.write_archive(conftest.nhcd_files(writers=1, samples=1), tmp_path / 'env' / 'nhcd.zip')
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / 'env'))
+  assert sources.find_source('nhcd') == tmp_path / 'env' / 'nhcd.zip'
+
+
+def test_corrupt_image_is_named(tmp_path):
+  files = conftest.nhcd_files(writers=1, samples=1)
+  files['nhcd/numerals/4/001_01.jpg'] = b'\xff\xd8 not really a jpeg'
+  conftest.write_archive(files, tmp_path / 'data' / 'nhcd.zip')
+  with pytest.raises(Exception, match='Cannot decode image nhcd/numerals/4/001_01.jpg'):
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+@pytest.mark.parametrize('name', ['nhcd.zip', 'nhcd.tar.xz'])
+def test_truncated_archive_is_reported(tmp_path, name):
+  path = conftest.write_archive(conftest.nhcd_files(writers=1, samples=1), tmp_path / 'full' / name)
+  data = path.read_bytes()
+  (tmp_path / 'data').mkdir()
+  (tmp_path / 'data' / name).write_bytes(data[:len(data) // 2])
+  with pytest.raises(archives.ArchiveError, match='truncated or corrupt'):
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+def test_unexpected_layout_is_reported(tmp_path):
+  files = {k.replace('nhcd/numerals/', 'nhcd/digits/'): v
+           for k, v in conftest.nhcd_files(writers=1, samples=1).items()}
+  conftest.write_archive(files, tmp_path / 'data' / 'nhcd.zip')
+  with pytest.raises(archives.ArchiveError, match='no "numerals/" folder'):
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+def test_unknown_class_folder_is_reported(tmp_path):
+  files = conftest.nhcd_files(writers=1, samples=1)
+  files['nhcd/numerals/10/001_01.jpg'] = files['nhcd/numerals/0/001_01.jpg']
+  conftest.write_archive(files, tmp_path / 'data' / 'nhcd.zip')
+  with pytest.raises(archives.ArchiveError, match='nhcd/numerals/10/001_01.jpg'):
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+def test_mismatched_labels_csv_is_reported(tmp_path):
+  files = conftest.nhcd_files(writers=1, samples=1)
+  files['nhcd/labels.csv'] = files['nhcd/labels.csv'].replace('ka,क'.encode(), 'kx,क'.encode())
+  conftest.write_archive(files, tmp_path / 'data' / 'nhcd.zip')
+  with pytest.raises(archives.ArchiveError, match='labels.csv does not match'):
+    input_pipeline.prepare('nhcd', 'consonants', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+def test_prepared_counts_are_checked_against_the_archive(tmp_path, monkeypatch):
+  conftest.write_archive(conftest.nhcd_files(writers=1, samples=2), tmp_path / 'data' / 'nhcd.zip')
+  real = input_pipeline._expected_counts
+  monkeypatch.setattr(input_pipeline, '_expected_counts',
+                      lambda *a: real(*a) + collections.Counter({0: 1}))
+  with pytest.raises(archives.ArchiveError, match=r"does not match.*'0 \(०\)': \(2, 3\)"):
+    input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
+                           tfds_dir=tmp_path / 'tfds')
+
+
+def test_preprocessing_inverts_scales_and_resizes():
+  from charjax import preprocess
+  image = np.full((28, 28, 1), 255, np.uint8)
+  image[10:18, 10:18] = 0
+  out = preprocess.to_model_input([image], ink_is_dark=True, image_size=36)
+  assert out.shape == (1, 36, 36, 1) and out.dtype == np.float32
+  assert out.min() >= 0 and out.max() <= 1
+  assert out[0, 18, 18, 0] == pytest.approx(1.0) and out[0, 0, 0, 0] == pytest.approx(0.0)
+  same = preprocess.to_model_input([image], ink_is_dark=False, image_size=28)
+  np.testing.assert_allclose(same[0], image / 255.0)

@@ -1,0 +1,58 @@
+"""Model shapes, exact parameter counts, and the patch convolution's parity with XLA's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charjax import conv
+from charjax import models
+
+
+def param_count(model, image_size):
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((1, image_size, image_size, 1)),
+                                             train=False))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def test_subset_cnn_matches_keras_parameter_count():
+  # Keras: conv 320 + conv 18,496 + dense 4,194,560 + dense 9,252.
+  assert param_count(models.SubsetCNN(num_classes=36), 36) == 4_222_628
+  assert param_count(models.SubsetCNN(num_classes=10), 28) == (
+      320 + 18_496 + (12 * 12 * 64 * 256 + 256) + (256 * 10 + 10))
+
+
+@pytest.mark.parametrize('impl', ['xla', 'patches'])
+def test_subset_cnn_output_shape_and_dropout(impl):
+  model = models.SubsetCNN(num_classes=12, conv_features=(4, 8), dense_features=16,
+                           conv_impl=impl)
+  x = jax.random.uniform(jax.random.key(1), (5, 20, 20, 1))
+  params = model.init(jax.random.key(0), x, train=False)['params']
+  assert params['Conv2D_0']['kernel'].shape == (3, 3, 1, 4)
+  eval_out = model.apply({'params': params}, x, train=False)
+  assert eval_out.shape == (5, 12)
+  np.testing.assert_array_equal(eval_out, model.apply({'params': params}, x, train=False))
+  train_out = [model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(s)})
+               for s in (1, 2)]
+  assert not np.allclose(train_out[0], train_out[1])
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 9, 1), (5, 110, 110, 2)])  # one chunk; padded chunks
+def test_patch_conv_equals_xla_forward_and_gradients(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  k = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 4))
+  np.testing.assert_allclose(conv.conv_patches(x, k), conv.conv_xla(x, k), rtol=1e-5, atol=1e-5)
+  loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k))))
+  gx_p, gk_p = jax.grad(loss(conv.conv_patches), argnums=(0, 1))(x, k)
+  gx_x, gk_x = jax.grad(loss(conv.conv_xla), argnums=(0, 1))(x, k)
+  np.testing.assert_allclose(gx_p, gx_x, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gk_p, gk_x, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_impl_resolution():
+  assert conv.resolve_impl('auto', 'cpu') == 'patches'
+  assert conv.resolve_impl('auto', 'gpu') == 'xla'
+  assert conv.resolve_impl('xla', 'cpu') == 'xla'
+  with pytest.raises(ValueError, match='Unknown conv'):
+    conv.resolve_impl('fft')

@@ -1,0 +1,38 @@
+"""RMSprop parity with Keras's update rule, computed by hand."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from charjax import optim
+
+
+def keras_rmsprop_reference(params, grads_per_step, lr, rho, eps):
+  """Keras 2: v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)."""
+  p, v = params.astype(np.float64), np.zeros_like(params, np.float64)
+  for g in grads_per_step:
+    v = rho * v + (1 - rho) * g ** 2
+    p = p - lr * g / (np.sqrt(v) + eps)
+  return p
+
+
+def run_optax(tx, params, grads_per_step):
+  p, state = jnp.asarray(params), tx.init(jnp.asarray(params))
+  for g in grads_per_step:
+    updates, state = tx.update(jnp.asarray(g), state, p)
+    p = optax.apply_updates(p, updates)
+  return np.asarray(p)
+
+
+def test_rmsprop_matches_keras_update():
+  rng = np.random.default_rng(0)
+  params = rng.normal(size=(6,)).astype(np.float32)
+  # Tiny gradients make eps's placement matter; large ones check the main term.
+  grads = [np.array([1e-6, -3e-7, 2e-8, 0.5, -1.2, 3.0], np.float32) * s for s in (1.0, 0.7)]
+  lr, rho, eps = 5e-4, 0.9, 1e-8
+  expected = keras_rmsprop_reference(params, grads, lr, rho, eps)
+  got = run_optax(optim.keras_rmsprop(lr, rho, eps), params, grads)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+  # optax's default (eps inside the square root) is measurably different here.
+  default = run_optax(optax.rmsprop(lr, decay=rho, eps=eps), params, grads)
+  assert np.max(np.abs(default - expected)) > 1e-4

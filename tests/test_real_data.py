@@ -1,0 +1,30 @@
+"""Checks on the real archives in ../shared/data (skipped when absent; marked slow)."""
+
+import json
+
+import pytest
+
+from charjax import input_pipeline
+from charjax import train
+from configs import numerals
+from tests.conftest import SHARED_DATA
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SHARED_DATA / 'nhcd.zip').exists(), reason='no ../shared/data'),
+]
+
+
+def test_real_nhcd_counts_and_first_epochs_of_numerals(tmp_path):
+  examples = input_pipeline.load_examples('nhcd', 'all', data_dir=SHARED_DATA,
+                                          tfds_dir=tmp_path / 'tfds')
+  assert len(examples.labels) == 12_912
+  assert len(set(examples.writer_ids)) >= 30
+
+  config = numerals.get_config()
+  config.data_dir, config.tfds_dir = str(SHARED_DATA), str(tmp_path / 'tfds')
+  config.num_epochs = 15
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['split_sizes'] == {'train': 2017, 'validation': 431, 'test': 432}
+  val = [json.loads(l)['val_accuracy'] for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert max(val) >= 0.90, val

@@ -1,0 +1,139 @@
+"""One short training run on generated data, checkpoint restore, and config errors."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from charjax import checkpointing
+from charjax import configuration
+from charjax import input_pipeline
+from charjax import train
+from configs import default
+
+REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir, tfds_dir):
+  config = default.get_config()
+  config.subset = 'numerals'
+  config.data_dir, config.tfds_dir = str(data_dir), str(tfds_dir)
+  config.image_size = 16
+  config.conv_features = (4, 8)
+  config.dense_features = 16
+  config.dense_dropout = 0.2
+  config.learning_rate = 3e-3
+  config.batch_size = 32
+  config.eval_batch_size = 20
+  config.num_epochs = 3
+  config.checkpoint_every_epochs = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def tiny_run(prepared_dirs, tmp_path_factory):
+  config = tiny_config(*prepared_dirs)
+  workdir = tmp_path_factory.mktemp('run')
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_run_writes_config_metrics_splits_and_results(tiny_run):
+  config, workdir, results = tiny_run
+  assert json.loads((workdir / 'results.json').read_text()) == json.loads(json.dumps(results))
+  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [l['epoch'] for l in lines] == [1, 2, 3]
+  assert all(np.isfinite(l['train_loss']) and l['images_per_s'] > 0 for l in lines)
+  assert json.loads((workdir / 'config.json').read_text())['image_size'] == 16
+  saved = json.loads((workdir / 'splits.json').read_text())
+  assert {k: len(v) for k, v in saved.items()} == results['split_sizes']
+  assert sum(results['split_sizes'].values()) == 120
+  confusion = np.array(results['confusion_matrix'])
+  assert confusion.shape == (10, 10) and confusion.sum() == results['split_sizes']['test']
+  assert results['test_accuracy'] == pytest.approx(np.trace(confusion) / confusion.sum())
+  assert results['best_epoch'] == min(lines, key=lambda l: l['val_loss'])['epoch']
+  assert results['device']['platform'] == jax.default_backend()
+  assert len(results['per_class_accuracy']) == 10 and results['wall_clock_s'] > 0
+
+
+def test_best_checkpoint_restores_to_the_same_test_evaluation(tiny_run):
+  config, workdir, results = tiny_run
+  _, data = input_pipeline.load_splits(config)
+  model = train.create_model(config, 10)
+  fresh = train.create_train_state(config, model, jax.random.key(123), config.image_size)
+  mngr = checkpointing.manager(workdir / 'checkpoints' / 'best')
+  assert mngr.all_steps() == [results['best_epoch']]
+  restored = checkpointing.restore(mngr, fresh)
+  sums = train.evaluate(restored, data.images['test'], data.labels['test'], batch_size=20)
+  n = results['split_sizes']['test']
+  assert float(sums['correct']) / n == pytest.approx(results['test_accuracy'])
+  assert float(sums['loss']) / n == pytest.approx(results['test_loss'], rel=1e-5)
+  latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
+  assert latest.all_steps() == [3]
+
+
+def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
+  config = tiny_config(*prepared_dirs)
+  model = train.create_model(config, 10)
+  images = jax.random.uniform(jax.random.key(0), (50, 16, 16, 1))
+  labels = jax.numpy.arange(50) % 10
+  outs = []
+  for _ in range(2):
+    state = train.create_train_state(config, model, jax.random.key(0), 16)
+    state, sums = train.train_epoch(state, images, labels, jax.random.key(1), 1, batch_size=32)
+    outs.append((jax.device_get(sums), jax.device_get(state.params)))
+  assert int(outs[0][0]['count']) == 50 and int(state.step) == 2
+  assert float(outs[0][0]['loss']) == float(outs[1][0]['loss'])
+  jax.tree.map(np.testing.assert_array_equal, outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('learning_rate', -1e-3, 'learning_rate=-0.001 must be positive'),
+    ('batch_size', 0, 'batch_size=0 must be positive'),
+    ('subset', 'letters', "subset='letters' is not one of"),
+    ('conv_dropout', 1.5, 'conv_dropout=1.5 not in'),
+])
+def test_impossible_values_are_refused(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(configuration.ConfigError, match=message):
+    configuration.validate(config)
+
+
+def test_unknown_field_is_refused():
+  config = default.get_config()
+  config.num_epoch = 3
+  with pytest.raises(configuration.ConfigError, match=r"unknown fields \['num_epoch'\]"):
+    configuration.validate(config)
+
+
+def test_default_config_declares_exactly_the_known_fields():
+  assert set(default.get_config().keys()) == set(configuration.FIELDS)
+  configuration.validate(default.get_config())
+
+
+def test_batch_larger_than_training_set_is_refused(prepared_dirs, tmp_path):
+  config = tiny_config(*prepared_dirs)
+  config.batch_size = 1000
+  with pytest.raises(configuration.ConfigError, match='larger than the training set'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def run_cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, '-m', 'charjax.train', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_unknown_override(tmp_path):
+  proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path),
+                 '--config.num_epoch=5')
+  assert proc.returncode != 0 and 'num_epoch' in proc.stderr
+
+
+def test_cli_reports_missing_data_without_traceback(tmp_path):
+  proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path / 'run'),
+                 f'--config.data_dir={tmp_path}/nowhere', f'--config.tfds_dir={tmp_path}/tfds')
+  assert proc.returncode == 1
+  assert 'No NHCD data found' in proc.stderr and 'Traceback' not in proc.stderr
