@@ -221,12 +221,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
 def _quiet_library_logs(record) -> bool:
   """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
   noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
@@ -238,10 +232,15 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_library_logs)
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:
     sys.exit(f'charjax: {e}')
 
 
 if __name__ == '__main__':
+  # Flags are defined here, not at import, so that importing this library defines none.
+  config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

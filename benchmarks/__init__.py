@@ -1,0 +1,1 @@
+"""Speed benchmarks of charjax (run as `python -m benchmarks.<name>`)."""

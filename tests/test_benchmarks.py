@@ -1,0 +1,23 @@
+"""Smoke run of the benchmark scripts on tiny sizes (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+
+REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
+
+
+def test_train_step_benchmark_writes_table_and_json(tmp_path):
+  out = tmp_path / 'bench.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.train_step', '--batch_sizes=2', '--repeats=1',
+       '--matmul_size=64', f'--out={out}'], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert result['backend'] == 'cpu' and result['matmul_reference']['gflops'] > 0
+  got = {(r['conv_impl'], r['function']) for r in result['rows']}
+  assert got == {(i, f) for i in ('xla', 'patches')
+                 for f in ('forward', 'gradients', 'train_step')}
+  assert all(r['gflops'] > 0 and r['batch'] == 2 for r in result['rows'])
+  assert 'train_step' in proc.stdout
