@@ -21,3 +21,14 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
                  for f in ('forward', 'gradients', 'train_step')}
   assert all(r['gflops'] > 0 and r['batch'] == 2 for r in result['rows'])
   assert 'train_step' in proc.stdout
+
+
+def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
+  out = tmp_path / 'peers.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1', f'--out={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(out.read_text())['rows']
+  assert rows[0]['framework'] == 'charjax' and rows[0]['params'] == 4_222_628
+  assert all(r['params'] == 4_222_628 for r in rows)

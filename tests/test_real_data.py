@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from charjax import input_pipeline
@@ -28,3 +29,12 @@ def test_real_nhcd_counts_and_first_epochs_of_numerals(tmp_path):
   assert results['split_sizes'] == {'train': 2017, 'validation': 431, 'test': 432}
   val = [json.loads(l)['val_accuracy'] for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert max(val) >= 0.90, val
+
+
+@pytest.mark.skipif(not (SHARED_DATA / 'dhcd-train.tar.xz').exists(), reason='no DHCD archive')
+def test_real_dhcd_prepares_with_1700_images_per_class(tmp_path):
+  examples = input_pipeline.load_examples('dhcd', data_dir=SHARED_DATA,
+                                          tfds_dir=tmp_path / 'tfds')
+  assert len(examples.class_names) == 46
+  assert np.bincount(examples.labels).tolist() == [1700] * 46
+  assert examples.images[0].shape == (32, 32, 1)

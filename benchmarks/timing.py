@@ -1,0 +1,72 @@
+"""Shared timing helpers of the benchmarks: compile, time, FLOPs, the matmul reference."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+from charjax import optim
+from charjax import train
+
+IMAGE_SIZE = 36
+NUM_CLASSES = 36
+
+
+def timed(fn, *args, repeats: int) -> float:
+  """Median seconds of `repeats` calls of `fn(*args)` after one warm-up call, synchronised."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def compile_and_flops(fn, *args):
+  """(compiled, compile seconds, FLOPs per call from XLA's cost analysis)."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, seconds, float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def matmul_reference(size: int, repeats: int) -> dict:
+  """GFLOP/s of a jitted float32 (size x size) @ (size x size): the machine's reference."""
+  a = jax.random.normal(jax.random.key(0), (size, size))
+  compiled, _, _ = compile_and_flops(lambda a, b: a @ b, a, a)
+  seconds = timed(compiled, a, a, repeats=repeats)
+  return {'size': size, 'seconds': seconds, 'gflops': 2 * size ** 3 / seconds / 1e9}
+
+
+def model_functions(model, batch: int):
+  """The three functions timed, each with example arguments."""
+  rng = jax.random.key(0)
+  x = jax.random.uniform(rng, (batch, IMAGE_SIZE, IMAGE_SIZE, 1))
+  y = jax.random.randint(rng, (batch,), 0, NUM_CLASSES)
+  mask = jnp.ones((batch,), bool)
+  params = model.init(rng, x[:1], train=False)['params']
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=optim.keras_rmsprop(5e-4))
+
+  def forward(params, x):
+    return model.apply({'params': params}, x, train=False)
+
+  def gradients(params, x, y):
+    def loss(p):
+      logits = model.apply({'params': p}, x, train=True, rngs={'dropout': rng})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return jax.grad(loss)(params)
+
+  return {
+      'forward': (forward, (params, x)),
+      'gradients': (gradients, (params, x, y)),
+      'train_step': (lambda s, x, y, m: train.train_step(s, x, y, m, rng), (state, x, y, mask)),
+  }
