@@ -1,15 +1,16 @@
-"""charjax's train step side by side with the same model in Keras 3 (TensorFlow) and PyTorch.
+"""charjax's train step side by side with the same models in Keras 3 (TensorFlow) and PyTorch.
 
-Same architecture (parameter counts are checked equal), same RMSprop settings, same batch,
+Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
 timed the same way (median of `--repeats` calls after a warm-up, synchronised). The peers
 are optional: `pip install -e '.[peers]'`; a missing one is reported and skipped.
 
-  python -m benchmarks.peers --batch_sizes=800 --out=runs/bench/peers.json
+  python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 from absl import app
@@ -17,53 +18,73 @@ from absl import flags
 import jax
 import numpy as np
 
-from benchmarks import timing as bench
-from charjax import models
+from benchmarks import timing
 
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['128', '800'], 'Batch sizes.')
+_MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['400', '800'], 'Batch sizes.')
 _PEERS = flags.DEFINE_list('peers', ['keras', 'torch'], 'Peer frameworks to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
-SIZE, CLASSES, LR, RHO, EPS = bench.IMAGE_SIZE, bench.NUM_CLASSES, 5e-4, 0.9, 1e-8
+SIZE, RHO, EPS = timing.IMAGE_SIZE, 0.9, 1e-8
+# Layer lists of the study's networks: ('conv', filters) | ('pool',) | ('drop', rate) |
+# ('flat',) | ('dense', units); the last dense layer is the classifier.
+LAYERS = {
+    'exp2': [('conv', 32), ('conv', 64), ('pool',), ('drop', 0.25), ('flat',), ('dense', 256),
+             ('drop', 0.8)],
+    'exp3': [('conv', 128), ('drop', 0.25), ('conv', 64), ('pool',), ('conv', 32),
+             ('drop', 0.25), ('flat',), ('dense', 512), ('drop', 0.7), ('dense', 512),
+             ('drop', 0.7)],
+}
 
 
-def keras_step(batch: int):
-  """(train-step closure, parameter count) for experiment 2 in Keras 3 on TensorFlow."""
-  import os
+def keras_step(name: str, batch: int):
+  """(train-step closure, parameter count) in Keras 3 on TensorFlow."""
   os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
   import keras
-  model = keras.Sequential([
-      keras.Input((SIZE, SIZE, 1)),
-      keras.layers.Conv2D(32, 3, activation='relu'),
-      keras.layers.Conv2D(64, 3, activation='relu'),
-      keras.layers.MaxPooling2D(2),
-      keras.layers.Dropout(0.25),
-      keras.layers.Flatten(),
-      keras.layers.Dense(256, activation='relu'),
-      keras.layers.Dropout(0.8),
-      keras.layers.Dense(CLASSES, activation='softmax'),
-  ])
-  model.compile(optimizer=keras.optimizers.RMSprop(LR, rho=RHO, epsilon=EPS),
+  _, classes, lr = timing.MODELS[name]
+  layers = [keras.Input((SIZE, SIZE, 1))]
+  for kind, *arg in LAYERS[name]:
+    layers.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
+                   'pool': lambda: keras.layers.MaxPooling2D(2),
+                   'drop': lambda: keras.layers.Dropout(arg[0]),
+                   'flat': keras.layers.Flatten,
+                   'dense': lambda: keras.layers.Dense(arg[0], activation='relu')}[kind]())
+  model = keras.Sequential(layers + [keras.layers.Dense(classes, activation='softmax')])
+  model.compile(optimizer=keras.optimizers.RMSprop(lr, rho=RHO, epsilon=EPS),
                 loss='sparse_categorical_crossentropy', metrics=['accuracy'])
   rng = np.random.default_rng(0)
   x = rng.random((batch, SIZE, SIZE, 1), np.float32)
-  y = rng.integers(0, CLASSES, batch)
+  y = rng.integers(0, classes, batch)
   return (lambda: model.train_on_batch(x, y)), model.count_params()
 
 
-def torch_step(batch: int):
-  """(train-step closure, parameter count) for experiment 2 in PyTorch (eager)."""
+def torch_step(name: str, batch: int):
+  """(train-step closure, parameter count) in PyTorch (eager)."""
   import torch
   from torch import nn
-  model = nn.Sequential(
-      nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Dropout(0.25), nn.Flatten(), nn.Linear(64 * ((SIZE - 4) // 2) ** 2, 256), nn.ReLU(),
-      nn.Dropout(0.8), nn.Linear(256, CLASSES))
+  _, classes, lr = timing.MODELS[name]
+  layers, channels, side = [], 1, SIZE
+  for kind, *arg in LAYERS[name]:
+    if kind == 'conv':
+      layers += [nn.Conv2d(channels, arg[0], 3), nn.ReLU()]
+      channels, side = arg[0], side - 2
+    elif kind == 'pool':
+      layers.append(nn.MaxPool2d(2))
+      side //= 2
+    elif kind == 'drop':
+      layers.append(nn.Dropout(arg[0]))
+    elif kind == 'flat':
+      layers.append(nn.Flatten())
+      channels = channels * side * side
+    else:
+      layers += [nn.Linear(channels, arg[0]), nn.ReLU()]
+      channels = arg[0]
+  model = nn.Sequential(*layers, nn.Linear(channels, classes))
   # torch's RMSprop adds eps outside the square root, as Keras 2 does.
-  opt = torch.optim.RMSprop(model.parameters(), lr=LR, alpha=RHO, eps=EPS)
+  opt = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=RHO, eps=EPS)
   x = torch.rand(batch, 1, SIZE, SIZE)
-  y = torch.randint(0, CLASSES, (batch,))
+  y = torch.randint(0, classes, (batch,))
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -80,31 +101,33 @@ PEERS = {'keras': keras_step, 'torch': torch_step}
 
 def main(argv):
   del argv
-  model = models.SubsetCNN(num_classes=CLASSES)
   rows = []
-  print(f'{"framework":<10}{"batch":>6}{"ms":>10}{"img/s":>10}{"params":>11}{"charjax x":>11}')
-  for batch in map(int, _BATCH_SIZES.value):
-    fn, args = bench.model_functions(model, batch)['train_step']
-    compiled, _, _ = bench.compile_and_flops(fn, *args)
-    ours = bench.timed(compiled, *args, repeats=_REPEATS.value)
-    params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(args[0].params))
-    rows.append({'framework': 'charjax', 'batch': batch, 'ms': ours * 1e3,
-                 'images_per_s': batch / ours, 'params': params})
-    print(f'{"charjax":<10}{batch:>6}{ours * 1e3:>10.1f}{batch / ours:>10.1f}{params:>11}')
-    for peer in _PEERS.value:
-      try:
-        step, peer_params = PEERS[peer](batch)
-      except ImportError as e:
-        print(f'{peer:<10} not installed ({e}); pip install -e ".[peers]"')
-        continue
-      if peer_params != params:
-        raise AssertionError(f'{peer} model has {peer_params} parameters, charjax {params}.')
-      seconds = bench.timed(step, repeats=_REPEATS.value)
-      rows.append({'framework': peer, 'batch': batch, 'ms': seconds * 1e3,
-                   'images_per_s': batch / seconds, 'params': peer_params,
-                   'charjax_speedup': seconds / ours})
-      print(f'{peer:<10}{batch:>6}{seconds * 1e3:>10.1f}{batch / seconds:>10.1f}'
-            f'{peer_params:>11}{seconds / ours:>10.2f}x', flush=True)
+  print(f'{"model":<7}{"framework":<10}{"batch":>6}{"ms":>10}{"img/s":>10}{"params":>11}'
+        f'{"charjax speedup":>17}')
+  for name in _MODELS.value:
+    for batch in map(int, _BATCH_SIZES.value):
+      fn, args = timing.model_functions(name, batch)['train_step']
+      compiled, _, _ = timing.compile_and_flops(fn, *args)
+      ours = timing.timed(compiled, *args, repeats=_REPEATS.value)
+      params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(args[0].params))
+      rows.append({'model': name, 'framework': 'charjax', 'batch': batch, 'ms': ours * 1e3,
+                   'images_per_s': batch / ours, 'params': params})
+      print(f'{name:<7}{"charjax":<10}{batch:>6}{ours * 1e3:>10.1f}{batch / ours:>10.1f}'
+            f'{params:>11}')
+      for peer in _PEERS.value:
+        try:
+          step, peer_params = PEERS[peer](name, batch)
+        except ImportError as e:
+          print(f'{name:<7}{peer:<10} not installed ({e}); pip install -e ".[peers]"')
+          continue
+        if peer_params != params:
+          raise AssertionError(f'{peer} {name} has {peer_params} parameters, charjax {params}.')
+        seconds = timing.timed(step, repeats=_REPEATS.value)
+        rows.append({'model': name, 'framework': peer, 'batch': batch, 'ms': seconds * 1e3,
+                     'images_per_s': batch / seconds, 'params': peer_params,
+                     'charjax_speedup': seconds / ours})
+        print(f'{name:<7}{peer:<10}{batch:>6}{seconds * 1e3:>10.1f}{batch / seconds:>10.1f}'
+              f'{peer_params:>11}{seconds / ours:>16.2f}x', flush=True)
   if _OUT.value:
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from charjax import models
 from charjax import optim
 from charjax import train
 
 IMAGE_SIZE = 36
-NUM_CLASSES = 36
+# The study's two networks at the study's input size: (module class, classes, learning rate).
+MODELS = {
+    'exp2': (models.SubsetCNN, 36, 5e-4),
+    'exp3': (models.AllClassesCNN, 58, 1e-3),
+}
+
+
+def make_model(name: str, conv_impl: str = 'auto'):
+  """The Flax module of benchmark model `name` ('exp2' or 'exp3')."""
+  cls, classes, _ = MODELS[name]
+  return cls(num_classes=classes, conv_impl=conv_impl)
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -46,15 +57,17 @@ def matmul_reference(size: int, repeats: int) -> dict:
   return {'size': size, 'seconds': seconds, 'gflops': 2 * size ** 3 / seconds / 1e9}
 
 
-def model_functions(model, batch: int):
-  """The three functions timed, each with example arguments."""
+def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
+  """The three functions timed for model `name`, each with example arguments."""
+  model = make_model(name, conv_impl)
+  _, classes, learning_rate = MODELS[name]
   rng = jax.random.key(0)
   x = jax.random.uniform(rng, (batch, IMAGE_SIZE, IMAGE_SIZE, 1))
-  y = jax.random.randint(rng, (batch,), 0, NUM_CLASSES)
+  y = jax.random.randint(rng, (batch,), 0, classes)
   mask = jnp.ones((batch,), bool)
   params = model.init(rng, x[:1], train=False)['params']
   state = train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                        tx=optim.keras_rmsprop(5e-4))
+                                        tx=optim.keras_rmsprop(learning_rate))
 
   def forward(params, x):
     return model.apply({'params': params}, x, train=False)

@@ -19,8 +19,8 @@ from absl import flags
 import jax
 
 from benchmarks import timing
-from charjax import models
 
+_MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '128', '400', '800'], 'Batch sizes.')
 _IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'patches'], 'Convolution implementations.')
 _FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step'], 'What to time.')
@@ -38,20 +38,19 @@ def main(argv):
   header = f'{"model":<10}{"conv":<9}{"function":<12}{"batch":>6}{"ms":>10}{"img/s":>10}' \
            f'{"GFLOP/s":>9}{"of mm":>7}{"compile s":>10}'
   print(header)
-  for impl in _IMPLS.value:
-    model = models.SubsetCNN(num_classes=timing.NUM_CLASSES, conv_impl=impl)
+  for model, impl in [(m, i) for m in _MODELS.value for i in _IMPLS.value]:
     for batch in map(int, _BATCH_SIZES.value):
-      fns = timing.model_functions(model, batch)
+      fns = timing.model_functions(model, batch, impl)
       for name in _FNS.value:
         fn, args = fns[name]
         compiled, compile_s, flops = timing.compile_and_flops(fn, *args)
         seconds = timing.timed(compiled, *args, repeats=_REPEATS.value)
-        row = {'model': 'exp2', 'conv_impl': impl, 'function': name, 'batch': batch,
+        row = {'model': model, 'conv_impl': impl, 'function': name, 'batch': batch,
                'ms': seconds * 1e3, 'images_per_s': batch / seconds,
                'gflops': flops / seconds / 1e9, 'compile_s': compile_s}
         row['fraction_of_matmul'] = row['gflops'] / reference['gflops']
         rows.append(row)
-        print(f'{"exp2":<10}{impl:<9}{name:<12}{batch:>6}{row["ms"]:>10.1f}'
+        print(f'{model:<10}{impl:<9}{name:<12}{batch:>6}{row["ms"]:>10.1f}'
               f'{row["images_per_s"]:>10.1f}{row["gflops"]:>9.1f}'
               f'{row["fraction_of_matmul"]:>7.2f}{compile_s:>10.2f}', flush=True)
   if _OUT.value:

@@ -38,3 +38,33 @@ class SubsetCNN(nn.Module):
     x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
     x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)
+
+
+class AllClassesCNN(nn.Module):
+  """Experiment 3: one CNN for all 58 classes (its 512-unit features feed the SVCs).
+
+  conv 128, ReLU -> dropout 0.25 -> conv 64, ReLU -> max-pool 2 -> conv 32, ReLU ->
+  dropout 0.25 -> flatten -> dense 512, ReLU -> dropout 0.7 -> dense 512, ReLU ->
+  dropout 0.7 -> dense `num_classes` (logits). All convolutions 3x3, valid.
+  """
+  num_classes: int = 58
+  conv_features: Sequence[int] = (128, 64, 32)
+  dense_features: int = 512
+  conv_dropout: float = 0.25
+  dense_dropout: float = 0.7
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    first, second, third = self.conv_features
+    x = nn.relu(conv.Conv2D(first, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
+    x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = nn.relu(conv.Conv2D(second, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(conv.Conv2D(third, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
+    x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(2):
+      x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
+      x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)

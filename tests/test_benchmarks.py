@@ -11,7 +11,7 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.train_step', '--batch_sizes=2', '--repeats=1',
-       '--matmul_size=64', f'--out={out}'], cwd=REPO, capture_output=True, text=True,
+       '--matmul_size=64', '--models=exp2', f'--out={out}'], cwd=REPO, capture_output=True, text=True,
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
@@ -26,9 +26,10 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
 def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   out = tmp_path / 'peers.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1', f'--out={out}'],
+      [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1',
+       '--models=exp3', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
-  assert rows[0]['framework'] == 'charjax' and rows[0]['params'] == 4_222_628
-  assert all(r['params'] == 4_222_628 for r in rows)
+  assert rows[0]['framework'] == 'charjax' and rows[0]['params'] == 3_597_722
+  assert all(r['params'] == 3_597_722 for r in rows)

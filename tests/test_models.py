@@ -23,6 +23,16 @@ def test_subset_cnn_matches_keras_parameter_count():
       320 + 18_496 + (12 * 12 * 64 * 256 + 256) + (256 * 10 + 10))
 
 
+def test_all_classes_cnn_matches_keras_parameter_count():
+  # conv 1,280 + 73,792 + 18,464; dense 3,211,776 + 262,656 + 29,754.
+  assert param_count(models.AllClassesCNN(num_classes=58), 36) == 3_597_722
+  out = models.AllClassesCNN(num_classes=58).apply(
+      models.AllClassesCNN(num_classes=58).init(jax.random.key(0), jnp.zeros((2, 36, 36, 1)),
+                                                train=False),
+      jnp.zeros((3, 36, 36, 1)), train=False)
+  assert out.shape == (3, 58)
+
+
 @pytest.mark.parametrize('impl', ['xla', 'patches'])
 def test_subset_cnn_output_shape_and_dropout(impl):
   model = models.SubsetCNN(num_classes=12, conv_features=(4, 8), dense_features=16,
