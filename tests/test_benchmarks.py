@@ -33,3 +33,18 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   rows = json.loads(out.read_text())['rows']
   assert rows[0]['framework'] == 'charjax' and rows[0]['params'] == 3_597_722
   assert all(r['params'] == 3_597_722 for r in rows)
+
+
+def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
+  data_dir, tfds_dir = prepared_dirs
+  out = tmp_path / 'tta.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.time_to_accuracy', '--config=configs/numerals.py',
+       f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}', '--config.num_epochs=2',
+       '--config.image_size=16', '--config.conv_features=(4, 8)', '--config.dense_features=8',
+       '--config.batch_size=32', '--target=0.0', f'--out={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert result['epoch_reached'] == 1 and [c['epoch'] for c in result['curve']] == [1, 2]
+  assert result['seconds_total'] >= result['seconds_to_target'] > 0
