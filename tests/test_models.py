@@ -60,9 +60,24 @@ def test_patch_conv_equals_xla_forward_and_gradients(shape):
   np.testing.assert_allclose(gk_p, gk_x, rtol=1e-4, atol=1e-3)
 
 
-def test_conv_impl_resolution():
+def test_conv_impl_resolution(monkeypatch):
+  assert conv.resolve_impl('auto', 'cpu') == 'xla'  # charjax turned YNNPACK convolutions off
+  monkeypatch.setenv('XLA_FLAGS', '')
   assert conv.resolve_impl('auto', 'cpu') == 'patches'
   assert conv.resolve_impl('auto', 'gpu') == 'xla'
   assert conv.resolve_impl('xla', 'cpu') == 'xla'
   with pytest.raises(ValueError, match='Unknown conv'):
     conv.resolve_impl('fft')
+
+
+def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
+  import os
+  import subprocess
+  import sys
+  code = 'import os, charjax; print(os.environ.get("XLA_FLAGS", ""))'
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'CHARJAX_KEEP_XLA_FLAGS')}
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+  assert 'ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' in out.stdout
+  env['CHARJAX_KEEP_XLA_FLAGS'] = '1'
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+  assert out.stdout.strip() == ''
