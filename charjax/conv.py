@@ -1,8 +1,8 @@
 """2-D convolution as XLA's native op or as matrix products over image patches.
 
 Expressing a valid convolution as `patches @ kernel` turns forward and backward passes into
-GEMMs. On XLA:CPU that beats a convolution handed to YNNPACK (jaxlib 0.10's default), but
-not XLA's own convolution, which `charjax.cpu_flags` restores (see `resolve_impl`).
+GEMMs. On XLA:CPU that beats XLA's convolution handed to YNNPACK (jaxlib 0.10's default)
+and XLA's convolution inside a compiled loop (see `resolve_impl`).
 `Conv2D` keeps `nn.Conv`'s parameter names and shapes, so checkpoints do not depend on the
 implementation chosen.
 """
@@ -15,25 +15,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charjax import cpu_flags
-
 IMPLS = ('auto', 'xla', 'patches')
 # Rows of the patch matrix per chunk: bounds the patches' memory, keeps GEMMs large.
 _CHUNK_ROWS = 50_000
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
-  """'auto' -> 'xla', except on CPU with YNNPACK convolutions, where 'patches' is faster.
+  """'auto' -> 'patches' on CPU, 'xla' on GPU/TPU.
 
-  Measured on 2 CPU cores (exp-2 train step, batch 800): XLA's convolution 327 img/s with
-  `cpu_flags` applied, patches 246 img/s, XLA's convolution through YNNPACK 68 img/s.
+  Measured on 2 CPU cores (exp-2, batch 800): inside a compiled loop (`lax.scan`, as in
+  `train.train_epoch`) XLA:CPU's convolution takes minutes per step while patches run at
+  ~310 img/s; a lone train step with `cpu_flags` applied is about as fast with either.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv implementation {impl!r}: expected one of {IMPLS}.')
   if impl != 'auto':
     return impl
   platform = platform or jax.default_backend()
-  return 'patches' if platform == 'cpu' and not cpu_flags.ynn_convolution_off() else 'xla'
+  return 'patches' if platform == 'cpu' else 'xla'
 
 
 def conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:

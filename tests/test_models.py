@@ -60,9 +60,7 @@ def test_patch_conv_equals_xla_forward_and_gradients(shape):
   np.testing.assert_allclose(gk_p, gk_x, rtol=1e-4, atol=1e-3)
 
 
-def test_conv_impl_resolution(monkeypatch):
-  assert conv.resolve_impl('auto', 'cpu') == 'xla'  # charjax turned YNNPACK convolutions off
-  monkeypatch.setenv('XLA_FLAGS', '')
+def test_conv_impl_resolution():
   assert conv.resolve_impl('auto', 'cpu') == 'patches'
   assert conv.resolve_impl('auto', 'gpu') == 'xla'
   assert conv.resolve_impl('xla', 'cpu') == 'xla'
