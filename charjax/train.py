@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as std_logging
 import pathlib
 import sys
 import time
@@ -224,13 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _quiet_library_logs(record) -> bool:
   """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
   noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
-  return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+  return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_library_logs)
+  logging.get_absl_handler().python_handler.addFilter(_quiet_library_logs)
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:

@@ -137,3 +137,15 @@ def test_cli_reports_missing_data_without_traceback(tmp_path):
                  f'--config.data_dir={tmp_path}/nowhere', f'--config.tfds_dir={tmp_path}/tfds')
   assert proc.returncode == 1
   assert 'No NHCD data found' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
+  data_dir, tfds_dir = prepared_dirs
+  proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path / 'run'),
+                 f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
+                 '--config.num_epochs=1', '--config.image_size=16', '--config.batch_size=32',
+                 '--config.conv_features=(4, 8)', '--config.dense_features=8')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'epoch 1/1  loss' in proc.stderr and 'img/s' in proc.stderr
+  assert 'checkpoint_manager' not in proc.stderr  # library chatter kept out of the progress
+  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['epochs_run'] == 1
