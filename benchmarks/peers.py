@@ -9,9 +9,7 @@ are optional: `pip install -e '.[peers]'`; a missing one is reported and skipped
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 
 from absl import app
 from absl import flags
@@ -128,12 +126,8 @@ def main(argv):
                      'charjax_speedup': seconds / ours})
         print(f'{name:<7}{peer:<10}{batch:>6}{seconds * 1e3:>10.1f}{batch / seconds:>10.1f}'
               f'{peer_params:>11}{seconds / ours:>16.2f}x', flush=True)
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'backend': jax.default_backend(),
-                               'device_kind': jax.devices()[0].device_kind, 'rows': rows},
-                              indent=2))
+  timing.write_json(_OUT.value, {'backend': jax.default_backend(),
+                                 'device_kind': jax.devices()[0].device_kind, 'rows': rows})
 
 
 if __name__ == '__main__':

@@ -11,8 +11,6 @@ reports the test accuracy of the best-validation-loss epoch, the study's rule.
 
 from __future__ import annotations
 
-import json
-import pathlib
 import time
 
 from absl import app
@@ -20,6 +18,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from benchmarks import timing
 from charjax import configuration
 from charjax import input_pipeline
 from charjax import train
@@ -77,10 +76,7 @@ def main(argv):
       f'reached at epoch {reached["epoch"]} after {reached["seconds"]:.1f} s' if reached
       else 'not reached') + f'; {config.num_epochs} epochs: {clock:.1f} s; test accuracy at the '
       f'best-validation epoch ({best["epoch"]}): {best["test_accuracy"]:.4f}')
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+  timing.write_json(_OUT.value, result)
 
 
 if __name__ == '__main__':

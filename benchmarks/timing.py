@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 import statistics
 import time
 
@@ -83,3 +85,12 @@ def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
       'gradients': (gradients, (params, x, y)),
       'train_step': (lambda s, x, y, m: train.train_step(s, x, y, m, rng), (state, x, y, mask)),
   }
+
+
+def write_json(path: str, data: dict) -> None:
+  """Writes `data` to `path` (parents created) when a path is given."""
+  if path:
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    print(f'wrote {out}')

@@ -11,9 +11,6 @@ Prints a table and writes JSON (backend and device recorded). Works on CPU and G
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 from absl import app
 from absl import flags
 import jax
@@ -53,13 +50,9 @@ def main(argv):
         print(f'{model:<10}{impl:<9}{name:<12}{batch:>6}{row["ms"]:>10.1f}'
               f'{row["images_per_s"]:>10.1f}{row["gflops"]:>9.1f}'
               f'{row["fraction_of_matmul"]:>7.2f}{compile_s:>10.2f}', flush=True)
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        'backend': jax.default_backend(), 'device_kind': device.device_kind,
-        'jax_version': jax.__version__, 'matmul_reference': reference, 'rows': rows}, indent=2))
-    print(f'wrote {out}')
+  timing.write_json(_OUT.value, {
+      'backend': jax.default_backend(), 'device_kind': device.device_kind,
+      'jax_version': jax.__version__, 'matmul_reference': reference, 'rows': rows})
 
 
 if __name__ == '__main__':

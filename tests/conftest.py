@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pathlib
-import shutil
 import tarfile
 import zipfile
 

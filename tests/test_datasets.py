@@ -1,8 +1,6 @@
 """The TFDS builders on generated archives: layouts, counts, and every kind of bad input."""
 
 import collections
-import io
-import os
 
 import numpy as np
 import pytest
