@@ -149,3 +149,11 @@ def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
   assert 'epoch 1/1  loss' in proc.stderr and 'img/s' in proc.stderr
   assert 'checkpoint_manager' not in proc.stderr  # library chatter kept out of the progress
   assert json.loads((tmp_path / 'run' / 'results.json').read_text())['epochs_run'] == 1
+
+
+@pytest.mark.parametrize('name', ['numerals', 'vowels', 'consonants', 'dhcd'])
+def test_experiment_configs_are_valid(name):
+  import importlib
+  config = importlib.import_module(f'configs.{name}').get_config()
+  configuration.validate(config)
+  assert set(config.keys()) == set(configuration.FIELDS)
