@@ -65,7 +65,7 @@ def _batch_metrics(logits, labels, mask):
 def train_step(state: train_state.TrainState, images, labels, mask, rng):
   """One RMSprop step on the masked mean cross-entropy; returns summed batch metrics.
 
-  `mask` marks real examples (padding fills the last batch of an epoch); dropout draws
+  `mask` marks the examples that count (all of them in `train_epoch`); dropout draws
   from `fold_in(rng, state.step)`.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
@@ -104,19 +104,23 @@ def _sum(metrics):
 def train_epoch(state, images, labels, rng, epoch, *, batch_size: int):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
-  Like Keras, the last batch is smaller when the set does not divide evenly (here it is
-  padded and masked). Returns the new state and summed metrics.
+  Like Keras, the last batch is smaller when the set does not divide evenly: the full
+  batches run in a `lax.scan`, the remainder as one more step of its own size. Returns the
+  new state and metrics summed over the epoch.
   """
   shuffle_rng, dropout_rng = jax.random.split(rng)
   order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
-  index, mask = _batches(order, batch_size)
+  full, rest = divmod(images.shape[0], batch_size)
 
-  def body(state, batch):
-    idx, m = batch
-    return train_step(state, images[idx], labels[idx], m, dropout_rng)
+  def step(state, idx):
+    return train_step(state, images[idx], labels[idx], jnp.ones(idx.shape, bool), dropout_rng)
 
-  state, metrics = jax.lax.scan(body, state, (index, mask))
-  return state, _sum(metrics)
+  state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1))
+  metrics = _sum(metrics)
+  if rest:
+    state, last = step(state, order[full * batch_size:])
+    metrics = jax.tree.map(jnp.add, metrics, last)
+  return state, metrics
 
 
 @functools.partial(jax.jit, static_argnames='batch_size')
