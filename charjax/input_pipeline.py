@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import pathlib
+import shutil
 
 from absl import logging
 import numpy as np
@@ -55,15 +58,40 @@ def _expected_counts(dataset: str, subset: str, source) -> collections.Counter:
   return collections.Counter(datasets.dhcd.layout(names)['train'].values())
 
 
+SOURCE_RECORD = 'charjax_source.json'
+
+
+def _source_size(source: pathlib.Path) -> int:
+  if source.is_dir():
+    return sum(p.stat().st_size for p in source.rglob('*') if p.is_file())
+  return source.stat().st_size
+
+
+def _warn_if_source_changed(builder, dataset: str, data_dir) -> None:
+  record = pathlib.Path(builder.data_dir) / SOURCE_RECORD
+  try:
+    built_from = json.loads(record.read_text())
+    source = sources.find_source(dataset, data_dir)
+  except (FileNotFoundError, ValueError):
+    return
+  if built_from['bytes'] != _source_size(source):
+    logging.warning('%s was prepared from %s (%d bytes) but %s now has %d bytes; delete %s to '
+                    'prepare it again.', builder.data_dir, built_from['path'], built_from['bytes'],
+                    source, _source_size(source), builder.data_dir)
+
+
 def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
             tfds_dir=None) -> tfds.core.DatasetBuilder:
   """Builds the ArrayRecord files once; afterwards reuses them.
 
   Right after building, the number of examples per class is logged and compared with the
-  archive's listing; a mismatch raises `ArchiveError`.
+  archive's listing; a mismatch deletes what was built and raises `ArchiveError`. When
+  reused, a warning says if the archive found now differs in size from the one it was
+  built from.
   """
   builder = builder_for(dataset, subset, tfds_dir)
   if builder.is_prepared():
+    _warn_if_source_changed(builder, dataset, data_dir)
     return builder
   source = sources.find_source(dataset, data_dir)
   logging.info('Preparing %s/%s from %s into %s', dataset, subset, source, builder.data_dir)
@@ -78,9 +106,13 @@ def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
   if found != expected:
     diff = {names[k]: (found[k], expected[k]) for k in set(found) | set(expected)
             if found[k] != expected[k]}
+    shutil.rmtree(builder.data_dir)
     raise archives.ArchiveError(
         f'Prepared {dataset}/{subset} does not match {source}: (prepared, in archive) per '
-        f'class: {diff}. Delete {builder.data_dir} and the archive, then download it again.')
+        f'class: {diff}. The prepared copy was deleted; download the archive again.')
+  (pathlib.Path(builder.data_dir) / SOURCE_RECORD).write_text(json.dumps(
+      {'path': str(source.resolve()), 'bytes': _source_size(source),
+       'examples_per_class': {names[k]: found[k] for k in sorted(found)}}, ensure_ascii=False))
   return builder
 
 

@@ -1,9 +1,11 @@
 """The TFDS builders on generated archives: layouts, counts, and every kind of bad input."""
 
 import collections
+import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from charjax import archives
 from charjax import input_pipeline
@@ -27,7 +29,8 @@ def test_nhcd_from_zip_has_images_labels_writers(prepared_dirs):
 
 def test_prepared_dataset_is_reused(prepared_dirs, monkeypatch):
   data_dir, tfds_dir = prepared_dirs
-  monkeypatch.setattr(sources, 'find_source', lambda *a, **k: pytest.fail('re-prepared'))
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      lambda *a, **k: pytest.fail('re-prepared'))
   assert input_pipeline.prepare('nhcd', 'numerals', tfds_dir=tfds_dir).is_prepared()
 
 
@@ -124,6 +127,19 @@ def test_prepared_counts_are_checked_against_the_archive(tmp_path, monkeypatch):
   with pytest.raises(archives.ArchiveError, match=r"does not match.*'0 \(०\)': \(2, 3\)"):
     input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'data',
                            tfds_dir=tmp_path / 'tfds')
+  assert not input_pipeline.builder_for('nhcd', 'numerals', tmp_path / 'tfds').is_prepared()
+
+
+def test_reuse_warns_when_the_archive_changed(tmp_path, caplog):
+  conftest.write_archive(conftest.nhcd_files(writers=1, samples=1), tmp_path / 'data' / 'nhcd.zip')
+  kwargs = dict(data_dir=tmp_path / 'data', tfds_dir=tmp_path / 'tfds')
+  builder = input_pipeline.prepare('nhcd', 'numerals', **kwargs)
+  record = json.loads((builder.data_path / input_pipeline.SOURCE_RECORD).read_text())
+  assert record['examples_per_class']['7 (७)'] == 1
+  conftest.write_archive(conftest.nhcd_files(writers=2, samples=1), tmp_path / 'data' / 'nhcd.zip')
+  with caplog.at_level('WARNING'):
+    input_pipeline.prepare('nhcd', 'numerals', **kwargs)
+  assert 'prepare it again' in caplog.text
 
 
 def test_preprocessing_inverts_scales_and_resizes():
