@@ -74,10 +74,11 @@ def _warn_if_source_changed(builder, dataset: str, data_dir) -> None:
     source = sources.find_source(dataset, data_dir)
   except (FileNotFoundError, ValueError):
     return
-  if built_from['bytes'] != _source_size(source):
+  size = _source_size(source)
+  if built_from['bytes'] != size:
     logging.warning('%s was prepared from %s (%d bytes) but %s now has %d bytes; delete %s to '
                     'prepare it again.', builder.data_dir, built_from['path'], built_from['bytes'],
-                    source, _source_size(source), builder.data_dir)
+                    source, size, builder.data_dir)
 
 
 def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
