@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from benchmarks import timing
 from charjax import configuration
+from charjax import conv
 from charjax import input_pipeline
 from charjax import train
 
@@ -29,8 +30,9 @@ _TARGET = flags.DEFINE_float('target', 0.859, 'Test accuracy to reach.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
 
-def accuracy(state, images, labels, batch_size):
-  sums = train.evaluate(state, images, labels, batch_size=min(batch_size, images.shape[0]))
+def accuracy(state, images, labels, batch_size, unroll):
+  sums = train.evaluate(state, images, labels, batch_size=min(batch_size, images.shape[0]),
+                        unroll=unroll)
   return {'loss': float(sums['loss']) / images.shape[0],
           'accuracy': float(sums['correct']) / images.shape[0]}
 
@@ -46,14 +48,16 @@ def main(argv):
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train.create_train_state(config, train.create_model(config, len(data.class_names)),
                                    init_rng, config.image_size)
+  unroll = conv.loop_unroll(config.conv_impl)
   clock, reached, best, curve = 0.0, None, None, []
   for epoch in range(1, config.num_epochs + 1):
     start = time.perf_counter()
     state, sums = train.train_epoch(state, images['train'], labels['train'], train_rng, epoch,
-                                    batch_size=config.batch_size)
-    val = accuracy(state, images['validation'], labels['validation'], config.eval_batch_size)
+                                    batch_size=config.batch_size, unroll=unroll)
+    val = accuracy(state, images['validation'], labels['validation'], config.eval_batch_size,
+                   unroll)
     clock += time.perf_counter() - start
-    test = accuracy(state, images['test'], labels['test'], config.eval_batch_size)
+    test = accuracy(state, images['test'], labels['test'], config.eval_batch_size, unroll)
     curve.append({'epoch': epoch, 'seconds': clock, 'val_loss': val['loss'],
                   'test_accuracy': test['accuracy']})
     if best is None or val['loss'] < best['val_loss']:

@@ -1,8 +1,11 @@
 """2-D convolution as XLA's native op or as matrix products over image patches.
 
 Expressing a valid convolution as `patches @ kernel` turns forward and backward passes into
-GEMMs. On XLA:CPU that beats XLA's convolution handed to YNNPACK (jaxlib 0.10's default)
-and XLA's convolution inside a compiled loop (see `resolve_impl`).
+GEMMs; it is the fallback where XLA's own convolution is slow. Measured on 2 CPU cores, XLA's
+convolution (Eigen, once `charjax.cpu_flags` keeps it away from YNNPACK) is the faster of the
+two at the top level of a compiled function, but XLA:CPU runs a convolution inside a `while`
+loop (`lax.scan`, `lax.map`) pathologically slowly (jax-ml/jax#12868); so on CPU the compiled
+loops of `charjax.train` are unrolled (see `loop_unroll`).
 `Conv2D` keeps `nn.Conv`'s parameter names and shapes, so checkpoints do not depend on the
 implementation chosen.
 """
@@ -21,18 +24,28 @@ _CHUNK_ROWS = 50_000
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
-  """'auto' -> 'patches' on CPU, 'xla' on GPU/TPU.
+  """'auto' -> 'xla' on every backend ('xla' and 'patches' are returned as given).
 
-  Measured on 2 CPU cores (exp-2, batch 800): inside a compiled loop (`lax.scan`, as in
-  `train.train_epoch`) XLA:CPU's convolution takes minutes per step while patches run at
-  ~310 img/s; a lone train step with `cpu_flags` applied is about as fast with either.
+  Measured on 2 CPU cores, whole epochs of 4 batches, loops unrolled for 'xla':
+  exp-2 at batch 800, 411 img/s with 'xla' vs 281 with 'patches';
+  exp-3 at batch 400, 133 vs 72 img/s. On GPU, XLA's convolution calls cuDNN.
+  `platform` is accepted so the choice can be made per backend.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv implementation {impl!r}: expected one of {IMPLS}.')
-  if impl != 'auto':
-    return impl
+  del platform
+  return 'xla' if impl == 'auto' else impl
+
+
+def loop_unroll(impl: str, platform: str | None = None) -> int | bool:
+  """How `train.train_epoch` and `train.evaluate` unroll their loops for conv `impl`.
+
+  True (fully unrolled, no XLA `while`) for XLA's convolution on CPU, where a convolution
+  inside a loop body runs orders of magnitude slower (an exp-2 epoch of two steps did not
+  finish in 300 s); 1 (a real loop, fast compiles) everywhere else.
+  """
   platform = platform or jax.default_backend()
-  return 'patches' if platform == 'cpu' else 'xla'
+  return True if platform == 'cpu' and resolve_impl(impl, platform) == 'xla' else 1
 
 
 def conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:

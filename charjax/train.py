@@ -32,6 +32,7 @@ import optax
 from charjax import archives
 from charjax import checkpointing
 from charjax import configuration
+from charjax import conv
 from charjax import input_pipeline
 from charjax import models
 from charjax import optim
@@ -100,13 +101,15 @@ def _sum(metrics):
   return jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
 
 
-@functools.partial(jax.jit, static_argnames='batch_size', donate_argnums=0)
-def train_epoch(state, images, labels, rng, epoch, *, batch_size: int):
+@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll'), donate_argnums=0)
+def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
+                unroll: int | bool = 1):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
   batches run in a `lax.scan`, the remainder as one more step of its own size. Returns the
-  new state and metrics summed over the epoch.
+  new state and metrics summed over the epoch. `unroll` is the scan's (see
+  `conv.loop_unroll`: True on CPU with XLA's convolution).
   """
   shuffle_rng, dropout_rng = jax.random.split(rng)
   order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
@@ -115,7 +118,8 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int):
   def step(state, idx):
     return train_step(state, images[idx], labels[idx], jnp.ones(idx.shape, bool), dropout_rng)
 
-  state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1))
+  state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1),
+                                unroll=unroll)
   metrics = _sum(metrics)
   if rest:
     state, last = step(state, order[full * batch_size:])
@@ -123,12 +127,16 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int):
   return state, metrics
 
 
-@functools.partial(jax.jit, static_argnames='batch_size')
-def evaluate(state, images, labels, *, batch_size: int):
-  """Summed loss, correct count and per-image predictions over a whole split."""
+@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll'))
+def evaluate(state, images, labels, *, batch_size: int, unroll: int | bool = 1):
+  """Summed loss, correct count and per-image predictions over a whole split.
+
+  One compiled loop over padded, masked batches; `unroll` as in `train_epoch`.
+  """
   index, mask = _batches(jnp.arange(images.shape[0]), batch_size)
-  metrics = jax.lax.map(lambda b: eval_step(state, images[b[0]], labels[b[0]], b[1]),
-                        (index, mask))
+  _, metrics = jax.lax.scan(
+      lambda _, b: (None, eval_step(state, images[b[0]], labels[b[0]], b[1])),
+      None, (index, mask), unroll=unroll)
   predictions = metrics.pop('predictions').reshape(-1)[:images.shape[0]]
   return {**_sum(metrics), 'predictions': predictions}
 
@@ -173,6 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(config, model, init_rng, config.image_size)
   eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
+  unroll = conv.loop_unroll(config.conv_impl)
 
   best = checkpointing.manager(workdir / 'checkpoints' / 'best')
   latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
@@ -181,11 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for epoch in range(1, config.num_epochs + 1):
       tick = time.perf_counter()
       state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
-                                      epoch, batch_size=config.batch_size)
+                                      epoch, batch_size=config.batch_size, unroll=unroll)
       train = _summarise(jax.device_get(train_sums))
       seconds = time.perf_counter() - tick
       val = _summarise(evaluate(state, images['validation'], labels['validation'],
-                                batch_size=eval_bs['validation']))
+                                batch_size=eval_bs['validation'], unroll=unroll))
       improved = val['loss'] < best_val_loss
       if improved:
         best_val_loss, best_epoch = val['loss'], epoch
@@ -205,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    '  *best*' if improved else '')
 
   state = checkpointing.restore(best, state, best_epoch)
-  test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'])
+  test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
+                  unroll=unroll)
   predictions = np.asarray(test.pop('predictions'))
   test = _summarise(jax.device_get(test))
   confusion = confusion_matrix(data.labels['test'], predictions, num_classes)

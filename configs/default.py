@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dense_features = 256
   config.conv_dropout = 0.25
   config.dense_dropout = 0.8
-  config.conv_impl = 'auto'           # 'xla', 'patches' (GEMMs; fast on CPU) or 'auto'
+  config.conv_impl = 'auto'           # 'auto' (= 'xla'), 'xla' or 'patches' (see charjax.conv)
   # Optimisation.
   config.learning_rate = 5e-4
   config.rmsprop_rho = 0.9

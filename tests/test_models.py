@@ -1,5 +1,6 @@
 """Model shapes, exact parameter counts, and the patch convolution's parity with XLA's."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,12 +61,25 @@ def test_patch_conv_equals_xla_forward_and_gradients(shape):
   np.testing.assert_allclose(gk_p, gk_x, rtol=1e-4, atol=1e-3)
 
 
-def test_conv_impl_resolution():
-  assert conv.resolve_impl('auto', 'cpu') == 'patches'
+def test_conv_impl_resolution_and_loop_unrolling():
+  assert conv.resolve_impl('auto', 'cpu') == 'xla'
   assert conv.resolve_impl('auto', 'gpu') == 'xla'
-  assert conv.resolve_impl('xla', 'cpu') == 'xla'
+  assert conv.resolve_impl('patches', 'cpu') == 'patches'
   with pytest.raises(ValueError, match='Unknown conv'):
     conv.resolve_impl('fft')
+  assert conv.loop_unroll('auto', 'cpu') is True
+  assert conv.loop_unroll('patches', 'cpu') == 1
+  assert conv.loop_unroll('auto', 'gpu') == 1
+
+
+def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient():
+  x = jax.random.normal(jax.random.key(0), (3, 7, 6, 4))  # odd height: last row dropped
+  np.testing.assert_array_equal(models.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), strides=(2, 2)))
+  loss = lambda pool: (lambda x: jnp.sum(jnp.sin(pool(x))))
+  np.testing.assert_allclose(jax.grad(loss(models.max_pool_2x2))(x),
+                             jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x),
+                             rtol=1e-6)
 
 
 def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
