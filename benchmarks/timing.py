@@ -12,11 +12,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from charjax import conv
 from charjax import models
 from charjax import optim
 from charjax import train
 
 IMAGE_SIZE = 36
+# Batches in the timed 'epoch' (charjax's compiled `train.train_epoch`).
+EPOCH_STEPS = 4
 # The study's two networks at the study's input size: (module class, classes, learning rate).
 MODELS = {
     'exp2': (models.SubsetCNN, 36, 5e-4),
@@ -60,12 +63,18 @@ def matmul_reference(size: int, repeats: int) -> dict:
 
 
 def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
-  """The three functions timed for model `name`, each with example arguments."""
+  """The functions timed for model `name`: {name: (function, example arguments, images)}.
+
+  'forward', 'gradients' and 'train_step' process one batch; 'epoch' is charjax's training
+  loop (`train.train_epoch`: on-device shuffle and `EPOCH_STEPS` train steps, compiled as
+  one function, unrolled as `conv.loop_unroll` says).
+  """
   model = make_model(name, conv_impl)
   _, classes, learning_rate = MODELS[name]
   rng = jax.random.key(0)
-  x = jax.random.uniform(rng, (batch, IMAGE_SIZE, IMAGE_SIZE, 1))
-  y = jax.random.randint(rng, (batch,), 0, classes)
+  x = jax.random.uniform(rng, (batch * EPOCH_STEPS, IMAGE_SIZE, IMAGE_SIZE, 1))
+  y = jax.random.randint(rng, (batch * EPOCH_STEPS,), 0, classes)
+  epoch_x, epoch_y, x, y = x, y, x[:batch], y[:batch]
   mask = jnp.ones((batch,), bool)
   params = model.init(rng, x[:1], train=False)['params']
   state = train_state.TrainState.create(apply_fn=model.apply, params=params,
@@ -80,10 +89,17 @@ def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return jax.grad(loss)(params)
 
+  unroll = conv.loop_unroll(conv_impl)
+
+  def epoch(state, x, y):
+    return train.train_epoch(state, x, y, rng, 1, batch_size=batch, unroll=unroll)
+
   return {
-      'forward': (forward, (params, x)),
-      'gradients': (gradients, (params, x, y)),
-      'train_step': (lambda s, x, y, m: train.train_step(s, x, y, m, rng), (state, x, y, mask)),
+      'forward': (forward, (params, x), batch),
+      'gradients': (gradients, (params, x, y), batch),
+      'train_step': (lambda s, x, y, m: train.train_step(s, x, y, m, rng), (state, x, y, mask),
+                     batch),
+      'epoch': (epoch, (state, epoch_x, epoch_y), batch * EPOCH_STEPS),
   }
 
 

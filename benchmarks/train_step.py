@@ -1,9 +1,11 @@
-"""Times charjax's compiled forward pass, gradients and full train step.
+"""Times charjax's compiled forward pass, gradients, full train step and training epoch.
 
 For each model, convolution implementation and batch size: compile time, then the median
 of `--repeats` timed calls (after a warm-up call, each ending in `block_until_ready`);
 ms per call, images/s, achieved GFLOP/s (FLOPs from XLA's cost analysis of the compiled
-function) and that as a fraction of a plain jitted matrix product timed in the same run.
+function; an epoch counts its train steps' FLOPs) and that as a fraction of a plain jitted
+matrix product timed in the same run. 'epoch' is `train.train_epoch` over
+`timing.EPOCH_STEPS` batches: what training really runs.
 Prints a table and writes JSON (backend and device recorded). Works on CPU and GPU.
 
   python -m benchmarks.train_step --batch_sizes=1,128,400,800 --out=runs/bench/train_step.json
@@ -20,7 +22,8 @@ from benchmarks import timing
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '128', '400', '800'], 'Batch sizes.')
 _IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'patches'], 'Convolution implementations.')
-_FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step'], 'What to time.')
+_FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step', 'epoch'],
+                        'What to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference matrix product.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
@@ -38,12 +41,20 @@ def main(argv):
   for model, impl in [(m, i) for m in _MODELS.value for i in _IMPLS.value]:
     for batch in map(int, _BATCH_SIZES.value):
       fns = timing.model_functions(model, batch, impl)
+      step_flops = None
       for name in _FNS.value:
-        fn, args = fns[name]
+        fn, args, images = fns[name]
         compiled, compile_s, flops = timing.compile_and_flops(fn, *args)
+        if name == 'epoch':  # XLA counts a rolled loop's body once: count the steps.
+          if step_flops is None:
+            step_fn, step_args, _ = fns['train_step']
+            step_flops = timing.compile_and_flops(step_fn, *step_args)[2]
+          flops = step_flops * images / batch
+        elif name == 'train_step':
+          step_flops = flops
         seconds = timing.timed(compiled, *args, repeats=_REPEATS.value)
         row = {'model': model, 'conv_impl': impl, 'function': name, 'batch': batch,
-               'ms': seconds * 1e3, 'images_per_s': batch / seconds,
+               'ms': seconds * 1e3, 'images_per_s': images / seconds,
                'gflops': flops / seconds / 1e9, 'compile_s': compile_s}
         row['fraction_of_matmul'] = row['gflops'] / reference['gflops']
         rows.append(row)

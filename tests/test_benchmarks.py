@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +20,12 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
   assert result['backend'] == 'cpu' and result['matmul_reference']['gflops'] > 0
   got = {(r['conv_impl'], r['function']) for r in result['rows']}
   assert got == {(i, f) for i in ('xla', 'patches')
-                 for f in ('forward', 'gradients', 'train_step')}
+                 for f in ('forward', 'gradients', 'train_step', 'epoch')}
   assert all(r['gflops'] > 0 and r['batch'] == 2 for r in result['rows'])
+  step, epoch = ({r['function']: r for r in result['rows'] if r['conv_impl'] == 'xla'}[f]
+                 for f in ('train_step', 'epoch'))
+  assert epoch['gflops'] * epoch['ms'] == pytest.approx(  # an epoch is EPOCH_STEPS steps
+      4 * step['gflops'] * step['ms'], rel=1e-6)
   assert 'train_step' in proc.stdout
 
 
@@ -31,7 +37,7 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
-  assert rows[0]['framework'] == 'charjax' and rows[0]['params'] == 3_597_722
+  assert [r['framework'] for r in rows[:2]] == ['charjax', 'charjax-epoch']
   assert all(r['params'] == 3_597_722 for r in rows)
 
 
