@@ -9,10 +9,11 @@ FIELDS = {
     'dataset': str, 'subset': str, 'data_dir': str, 'tfds_dir': str, 'image_size': int,
     'split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
     'model': str, 'conv_features': tuple, 'dense_features': int, 'conv_dropout': float,
-    'dense_dropout': float, 'conv_impl': str,
+    'dense_dropout': float, 'conv_impl': str, 'bottleneck_features': int,
     'learning_rate': float, 'rmsprop_rho': float, 'rmsprop_epsilon': float,
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
     'checkpoint_every_epochs': int,
+    'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
 }
 
 SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
@@ -36,7 +37,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     value = config[key]
     accepted = (int, float) if kind is float else ((tuple, list) if kind is tuple else kind)
-    if isinstance(value, bool) or not isinstance(value, accepted):
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
       problems.append(f'{key}={value!r} should be of type {kind.__name__}')
   if problems:
     raise ConfigError('Invalid config: ' + '; '.join(problems))
@@ -65,7 +66,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'conv_features={config.conv_features} must be positive')
   need(config.conv_impl in ('auto', 'xla', 'patches'),
        f'conv_impl={config.conv_impl!r} is not "auto", "xla" or "patches"')
+  need(config.bottleneck_features >= 0,
+       f'bottleneck_features={config.bottleneck_features} is negative')
+  need(config.bottleneck_features == 0 or config.model == 'AllClassesCNN',
+       'bottleneck_features is only available for model="AllClassesCNN"')
   need(config.dense_features > 0, f'dense_features={config.dense_features} must be positive')
+  need(0 <= config.augment_rotation_degrees <= 180,
+       f'augment_rotation_degrees={config.augment_rotation_degrees} not in [0, 180]')
+  need(0 <= config.augment_zoom < 1, f'augment_zoom={config.augment_zoom} not in [0, 1)')
   for key in ('conv_dropout', 'dense_dropout'):
     need(0 <= config[key] < 1, f'{key}={config[key]} not in [0, 1)')
   if problems:

@@ -58,6 +58,11 @@ class AllClassesCNN(nn.Module):
   conv 128, ReLU -> dropout 0.25 -> conv 64, ReLU -> max-pool 2 -> conv 32, ReLU ->
   dropout 0.25 -> flatten -> dense 512, ReLU -> dropout 0.7 -> dense 512, ReLU ->
   dropout 0.7 -> dense `num_classes` (logits). All convolutions 3x3, valid.
+
+  `bottleneck_features` > 0 inserts a dense layer of that width (ReLU) before the
+  classifier: the study's 2-unit variant whose activations are plotted as a feature map.
+  With `features=True` the call returns the input of the last dense layer (the 512 ReLU
+  features of the SVCs, or the bottleneck's activations) instead of the logits.
   """
   num_classes: int = 58
   conv_features: Sequence[int] = (128, 64, 32)
@@ -65,9 +70,10 @@ class AllClassesCNN(nn.Module):
   conv_dropout: float = 0.25
   dense_dropout: float = 0.7
   conv_impl: str = 'auto'
+  bottleneck_features: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, features: bool = False) -> jax.Array:
     first, second, third = self.conv_features
     x = nn.relu(conv.Conv2D(first, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
     x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
@@ -76,7 +82,13 @@ class AllClassesCNN(nn.Module):
     x = nn.relu(conv.Conv2D(third, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
     x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    for _ in range(2):
+    for i in range(2):
       x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
+      if features and i == 1 and not self.bottleneck_features:
+        return x
       x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+    if self.bottleneck_features:
+      x = nn.relu(nn.Dense(self.bottleneck_features, kernel_init=_KERNEL_INIT)(x))
+      if features:
+        return x
     return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from charjax import archives
+from charjax import augment
 from charjax import checkpointing
 from charjax import configuration
 from charjax import conv
@@ -43,9 +44,10 @@ from charjax.datasets import sources
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
   """The Flax module named by `config.model` (a class in `charjax.models`)."""
   model_cls = getattr(models, config.model)
+  extra = {'bottleneck_features': config.bottleneck_features} if config.bottleneck_features else {}
   return model_cls(num_classes=num_classes, conv_features=tuple(config.conv_features),
                    dense_features=config.dense_features, conv_dropout=config.conv_dropout,
-                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl)
+                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl, **extra)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
@@ -101,22 +103,30 @@ def _sum(metrics):
   return jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll'), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation'),
+                   donate_argnums=0)
 def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
-                unroll: int | bool = 1):
+                unroll: int | bool = 1, augmentation: augment.Augmentation | None = None):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
+
+  With an `augmentation`, each training batch is randomly rotated and zoomed on the device
+  (draws from `fold_in(rng, state.step)`); evaluation never is.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
   batches run in a `lax.scan`, the remainder as one more step of its own size. Returns the
   new state and metrics summed over the epoch. `unroll` is the scan's (see
   `conv.loop_unroll`: True on CPU with XLA's convolution).
   """
-  shuffle_rng, dropout_rng = jax.random.split(rng)
+  shuffle_rng, dropout_rng, augment_rng = jax.random.split(rng, 3)
   order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
   full, rest = divmod(images.shape[0], batch_size)
 
   def step(state, idx):
-    return train_step(state, images[idx], labels[idx], jnp.ones(idx.shape, bool), dropout_rng)
+    batch = images[idx]
+    if augmentation is not None:
+      batch = augment.random_augment(jax.random.fold_in(augment_rng, state.step), batch,
+                                     augmentation)
+    return train_step(state, batch, labels[idx], jnp.ones(idx.shape, bool), dropout_rng)
 
   state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1),
                                 unroll=unroll)
@@ -182,6 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = create_train_state(config, model, init_rng, config.image_size)
   eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
   unroll = conv.loop_unroll(config.conv_impl)
+  augmentation = augment.from_config(config)
 
   best = checkpointing.manager(workdir / 'checkpoints' / 'best')
   latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
@@ -190,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for epoch in range(1, config.num_epochs + 1):
       tick = time.perf_counter()
       state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
-                                      epoch, batch_size=config.batch_size, unroll=unroll)
+                                      epoch, batch_size=config.batch_size, unroll=unroll,
+                                      augmentation=augmentation)
       train = _summarise(jax.device_get(train_sums))
       seconds = time.perf_counter() - tick
       val = _summarise(evaluate(state, images['validation'], labels['validation'],
@@ -236,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _quiet_library_logs(record) -> bool:
+def quiet_library_logs(record) -> bool:
   """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
   noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
   return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
@@ -245,7 +257,7 @@ def _quiet_library_logs(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(_quiet_library_logs)
+  logging.get_absl_handler().python_handler.addFilter(quiet_library_logs)
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:

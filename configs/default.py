@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dense_features = 256
   config.conv_dropout = 0.25
   config.dense_dropout = 0.8
+  config.bottleneck_features = 0      # AllClassesCNN: >0 adds that narrow dense layer
   config.conv_impl = 'auto'           # 'auto' (= 'xla'), 'xla' or 'patches' (see charjax.conv)
   # Optimisation.
   config.learning_rate = 5e-4
@@ -37,4 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 180
   config.seed = 0
   config.checkpoint_every_epochs = 10
+  # On-device augmentation of training batches (experiment 3 turns it on).
+  config.augment = False
+  config.augment_rotation_degrees = 15.0  # angle drawn in [-r, r] per image
+  config.augment_zoom = 0.2               # scale drawn in [1 - z, 1 + z] per image
   return config

@@ -1,0 +1,46 @@
+"""Reading finished training runs back: their config, class names and best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+
+from charjax import checkpointing
+from charjax import configuration
+from charjax import train
+
+
+class RunError(ValueError):
+  """A workdir does not hold a finished, readable charjax training run."""
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The validated config a run was trained with (`workdir/config.json`)."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise RunError(f'{workdir} is not a charjax run: no config.json.')
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config.conv_features = tuple(config.conv_features)
+  configuration.validate(config)
+  return config
+
+
+def load_results(workdir) -> dict:
+  """`workdir/results.json` of a finished run."""
+  path = pathlib.Path(workdir) / 'results.json'
+  if not path.is_file():
+    raise RunError(f'{workdir} has no results.json: the run has not finished.')
+  return json.loads(path.read_text())
+
+
+def restore_best(workdir):
+  """(config, model, train state at the best-validation epoch, class names) of a run."""
+  config = load_config(workdir)
+  class_names = load_results(workdir)['class_names']
+  model = train.create_model(config, len(class_names))
+  state = train.create_train_state(config, model, jax.random.key(0), config.image_size)
+  best = checkpointing.manager(pathlib.Path(workdir) / 'checkpoints' / 'best')
+  return config, model, checkpointing.restore(best, state), class_names

@@ -1,0 +1,67 @@
+"""On-device augmentation: identity at zero range, mass kept by rotation, determinism."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charjax import augment
+
+
+def _blob_images(n=4, size=28):
+  """Bright blobs (Gaussian strokes) well inside a dark square, like inverted characters."""
+  r, c = np.mgrid[:size, :size]
+  rng = np.random.default_rng(0)
+  images = []
+  for _ in range(n):
+    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
+    images.append(np.exp(-((r - cy) ** 2 / 8 + (c - cx) ** 2 / 3)))
+  return jnp.asarray(np.stack(images)[..., None], jnp.float32)
+
+
+def test_zero_range_augmentation_is_the_identity():
+  images = _blob_images()
+  out = augment.random_augment(jax.random.key(0), images, augment.Augmentation(0.0, 0.0))
+  np.testing.assert_allclose(out, images, atol=1e-6)
+
+
+def test_rotation_keeps_mass_and_moves_pixels():
+  images = _blob_images()
+  angles = jnp.full((4,), math.radians(15.0))
+  out = augment.affine_warp(images, angles, jnp.ones((4,)))
+  np.testing.assert_allclose(out.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.02)
+  assert float(jnp.abs(out - images).max()) > 0.1
+
+
+def test_quarter_turn_matches_rot90():
+  image = jnp.arange(36.0).reshape(1, 6, 6, 1)
+  out = augment.affine_warp(image, jnp.array([math.pi / 2]), jnp.ones((1,)))
+  np.testing.assert_allclose(out[0, ..., 0], np.rot90(image[0, ..., 0], k=1), atol=1e-4)
+
+
+def test_zoom_scales_mass_by_the_square_of_the_factor():
+  images = _blob_images()
+  out = augment.affine_warp(images, jnp.zeros((4,)), jnp.full((4,), 1.2))
+  np.testing.assert_allclose(out.sum((1, 2, 3)), 1.44 * images.sum((1, 2, 3)), rtol=0.03)
+
+
+def test_draws_are_per_image_and_deterministic_for_a_seed():
+  images = jnp.tile(_blob_images(1), (3, 1, 1, 1))
+  aug = augment.Augmentation(15.0, 0.2)
+  a = augment.random_augment(jax.random.key(7), images, aug)
+  b = augment.random_augment(jax.random.key(7), images, aug)
+  np.testing.assert_array_equal(a, b)
+  assert float(jnp.abs(a[0] - a[1]).max()) > 1e-3  # same image, different draws
+  c = augment.random_augment(jax.random.key(8), images, aug)
+  assert float(jnp.abs(a - c).max()) > 1e-3
+
+
+@pytest.mark.parametrize('augment_on', [False, True])
+def test_from_config(augment_on):
+  from configs import all_classes
+  config = all_classes.get_config()
+  config.augment = augment_on
+  got = augment.from_config(config)
+  assert got == (augment.Augmentation(15.0, 0.2) if augment_on else None)
