@@ -2,7 +2,8 @@
 
 The readers never extract anything to disk: they yield `(path, bytes)` pairs for the
 regular files inside, with paths normalised to forward slashes and relative to the
-archive's root. Damaged archives raise `ArchiveError` with the archive's path in the
+archive's root. Entries that could escape a target folder (absolute paths, '..') and link
+entries (symlinks, hard links) make the whole archive refused with `ArchiveError`. Damaged archives raise `ArchiveError` with the archive's path in the
 message instead of a low-level zip/tar/lzma exception.
 """
 
@@ -28,11 +29,30 @@ def is_archive(path: os.PathLike | str) -> bool:
   return str(path).lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _normalise(name: str) -> str | None:
-  parts = [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
-  if not parts or '..' in parts or parts[-1].startswith('._') or '__MACOSX' in parts:
+def _normalise(name: str, archive=None) -> str | None:
+  """The entry's relative path; None for metadata entries; ArchiveError for hostile ones.
+
+  Absolute paths, drive letters and '..' components could point outside any target
+  folder (zip-slip); they are refused, not skipped, so a tampered archive is noticed.
+  """
+  unix = name.replace('\\', '/')
+  parts = [p for p in unix.split('/') if p not in ('', '.')]
+  if unix.startswith('/') or '..' in parts or (parts and len(parts[0]) == 2
+                                               and parts[0][1] == ':'):
+    raise ArchiveError(f'Archive {archive} has an entry that points outside the archive '
+                       f'({name!r}); refusing to read it.')
+  if not parts or parts[-1].startswith('._') or '__MACOSX' in parts:
     return None
   return '/'.join(parts)
+
+
+def _refuse_link(archive, name: str) -> None:
+  raise ArchiveError(f'Archive {archive} has a link entry ({name!r}); links could point '
+                     'anywhere on disk, so the archive is refused.')
+
+
+def _zip_is_link(info: zipfile.ZipInfo) -> bool:
+  return (info.external_attr >> 16) & 0o170000 == 0o120000
 
 
 def _damaged(path, err) -> ArchiveError:
@@ -45,14 +65,29 @@ def list_files(path: os.PathLike | str) -> list[str]:
   """Paths of the regular files in an archive or folder, sorted."""
   path = pathlib.Path(path)
   if path.is_dir():
+    links = [p for p in path.rglob('*') if p.is_symlink()]
+    if links:
+      _refuse_link(path, str(links[0].relative_to(path)))
     return sorted(p.relative_to(path).as_posix() for p in path.rglob('*') if p.is_file())
   try:
     if str(path).lower().endswith('.zip'):
       with zipfile.ZipFile(path) as zf:
-        names = [n for i in zf.infolist() if not i.is_dir() and (n := _normalise(i.filename))]
+        names = []
+        for info in zf.infolist():
+          name = _normalise(info.filename, path)
+          if name and _zip_is_link(info):
+            _refuse_link(path, info.filename)
+          if name and not info.is_dir():
+            names.append(name)
     else:
       with tarfile.open(path) as tf:
-        names = [n for m in tf if m.isfile() and (n := _normalise(m.name))]
+        names = []
+        for member in tf:
+          name = _normalise(member.name, path)
+          if name and (member.issym() or member.islnk()):
+            _refuse_link(path, member.name)
+          if name and member.isfile():
+            names.append(name)
   except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
     raise _damaged(path, e) from e
   return sorted(names)
@@ -69,13 +104,17 @@ def iter_files(path: os.PathLike | str) -> Iterator[tuple[str, bytes]]:
     if str(path).lower().endswith('.zip'):
       with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
-          name = _normalise(info.filename)
+          name = _normalise(info.filename, path)
+          if name and _zip_is_link(info):
+            _refuse_link(path, info.filename)
           if name and not info.is_dir():
             yield name, zf.read(info)
     else:
       with tarfile.open(path, mode='r|*') as tf:
         for member in tf:
-          name = _normalise(member.name)
+          name = _normalise(member.name, path)
+          if name and (member.issym() or member.islnk()):
+            _refuse_link(path, member.name)
           if name and member.isfile():
             yield name, tf.extractfile(member).read()
   except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:

@@ -7,6 +7,8 @@ Command line (a thin absl main):
 
 The workdir receives `config.json`, `splits.json`, `metrics.jsonl` (one line per epoch),
 `checkpoints/best` (lowest validation loss), `checkpoints/latest` and `results.json`.
+Rerunning the same command after a kill resumes from `checkpoints/latest`; SIGTERM or
+Ctrl-C saves it first and exits with 128 + the signal's number; `--restart` starts over.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import functools
 import json
 import logging as std_logging
 import pathlib
+import shutil
+import signal
 import sys
+import threading
 import time
 
 from absl import app
@@ -80,6 +85,11 @@ def train_step(state: train_state.TrainState, images, labels, mask, rng):
     return metrics['loss'] / metrics['count'], metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(metrics['loss']) & jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # The run's 1-based number of this step if its loss or a gradient is NaN/inf, else a
+  # sentinel: `train_epoch` keeps the minimum, `train_and_evaluate` stops on it.
+  metrics['first_bad_step'] = jnp.where(finite, _NO_BAD_STEP, state.step + 1)
   return state.apply_gradients(grads=grads), metrics
 
 
@@ -99,8 +109,13 @@ def _batches(order: jax.Array, batch_size: int):
   return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
+_NO_BAD_STEP = jnp.iinfo(jnp.int32).max
+
+
 def _sum(metrics):
-  return jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+  """Sums stacked per-batch metrics; `first_bad_step` takes the minimum."""
+  return {k: (jnp.min(v, axis=0) if k == 'first_bad_step' else jnp.sum(v, axis=0))
+          for k, v in metrics.items()}
 
 
 @functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation'),
@@ -133,7 +148,8 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
   metrics = _sum(metrics)
   if rest:
     state, last = step(state, order[full * batch_size:])
-    metrics = jax.tree.map(jnp.add, metrics, last)
+    metrics = {k: (jnp.minimum(v, last[k]) if k == 'first_bad_step' else v + last[k])
+               for k, v in metrics.items()}
   return state, metrics
 
 
@@ -168,15 +184,95 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+class TrainingDiverged(RuntimeError):
+  """The loss or a gradient became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGTERM or Ctrl-C arrived: the latest checkpoint was saved and the run stopped."""
+
+
+# Fields that say where data lives, not what is computed: they may change between resumes.
+_LOCATION_FIELDS = ('data_dir', 'tfds_dir')
+
+
+def _check_same_config(workdir: pathlib.Path, config, restart: bool) -> None:
+  """Refuses to mix two configs in one workdir; with `restart`, clears the old run."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    return
+  if restart:
+    for name in ('checkpoints',):
+      shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in ('metrics.jsonl', 'results.json', 'config.json', 'splits.json'):
+      (workdir / name).unlink(missing_ok=True)
+    return
+  old = json.loads(path.read_text())
+  new = json.loads(config.to_json_best_effort())
+  differ = sorted(k for k in set(old) | set(new)
+                  if k not in _LOCATION_FIELDS and old.get(k) != new.get(k))
+  if differ:
+    raise configuration.ConfigError(
+        f'{workdir} holds a run with another config (differs in {", ".join(differ)}). '
+        'Use another --workdir, or pass --restart to delete that run and start over.')
+
+
+class _StopSignals:
+  """Within the block, SIGTERM and SIGINT set `requested` instead of killing the process."""
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+    logging.warning('%s received: finishing this epoch, saving a checkpoint, then stopping '
+                    '(send it again to stop at once).', self.requested)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by a kill
+      break
+    if record['epoch'] <= upto:
+      records.append(record)
+  return records
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       restart: bool = False) -> dict:
   """Trains `config`'s model, keeps the best-validation checkpoint, evaluates it on test.
 
-  Returns the dict also written to `workdir/results.json`.
+  A workdir holding an unfinished run of the same config resumes from its latest
+  checkpoint and ends exactly as an uninterrupted run would (same seed, same machine);
+  one holding a run of another config is refused unless `restart`. SIGTERM and Ctrl-C
+  stop after the current epoch with the latest state saved (`TrainingInterrupted`); a
+  NaN or infinite loss or gradient stops the run (`TrainingDiverged`) with the
+  checkpoints of the last good epoch kept. Returns the dict written to `results.json`.
   """
   configuration.validate(config)
   start = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  _check_same_config(workdir, config, restart)
   examples, data = input_pipeline.load_splits(config)
   configuration.check_against_data(config, len(data.labels['train']))
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
@@ -193,17 +289,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
   unroll = conv.loop_unroll(config.conv_impl)
   augmentation = augment.from_config(config)
+  steps_per_epoch = -(-split_sizes['train'] // config.batch_size)
 
   best = checkpointing.manager(workdir / 'checkpoints' / 'best')
   latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
-  best_val_loss, best_epoch, throughput = float('inf'), 0, []
-  with open(workdir / 'metrics.jsonl', 'w') as metrics_file:
-    for epoch in range(1, config.num_epochs + 1):
+  done = latest.latest_step() or 0
+  if done:
+    state = checkpointing.restore(latest, state, done)
+    logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
+  records = _read_metrics(workdir / 'metrics.jsonl', done)
+  best_records = [r for r in records if r['best']]
+  best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
+  best_epoch = best_records[-1]['epoch'] if best_records else 0
+  throughput = [r['images_per_s'] for r in records]
+  with open(workdir / 'metrics.jsonl', 'w') as metrics_file, _StopSignals() as stop:
+    for record in records:
+      metrics_file.write(json.dumps(record) + '\n')
+    metrics_file.flush()
+    for epoch in range(done + 1, config.num_epochs + 1):
       tick = time.perf_counter()
       state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
                                       epoch, batch_size=config.batch_size, unroll=unroll,
                                       augmentation=augmentation)
-      train = _summarise(jax.device_get(train_sums))
+      train_sums = jax.device_get(train_sums)
+      bad_step = int(train_sums.pop('first_bad_step'))
+      if bad_step != _NO_BAD_STEP:
+        raise TrainingDiverged(
+            f'The loss or a gradient became NaN or infinite in epoch {epoch}, at step '
+            f'{bad_step} of the run (batch {bad_step - (epoch - 1) * steps_per_epoch} of '
+            f'the epoch). The run stopped; its checkpoints of epoch {epoch - 1} and earlier '
+            f'are kept in {workdir / "checkpoints"}. Try a lower learning_rate.')
+      train = _summarise(train_sums)
       seconds = time.perf_counter() - tick
       val = _summarise(evaluate(state, images['validation'], labels['validation'],
                                 batch_size=eval_bs['validation'], unroll=unroll))
@@ -211,8 +327,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if improved:
         best_val_loss, best_epoch = val['loss'], epoch
         checkpointing.save(best, epoch, state, {'val_loss': val['loss']})
-      if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-        checkpointing.save(latest, epoch, state)
       record = {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
                 'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
                 'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
@@ -220,10 +334,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       throughput.append(record['images_per_s'])
       metrics_file.write(json.dumps(record) + '\n')
       metrics_file.flush()
+      # After the metrics line: a resume drops lines past the latest checkpoint.
+      if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
+          or stop.requested):
+        checkpointing.save(latest, epoch, state)
       logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
                    '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
                    val['loss'], val['accuracy'], record['images_per_s'],
                    '  *best*' if improved else '')
+      if stop.requested and epoch < config.num_epochs:
+        raise TrainingInterrupted(
+            f'{stop.requested}: stopped after epoch {epoch} with its checkpoint saved in '
+            f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.')
 
   state = checkpointing.restore(best, state, best_epoch)
   test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
@@ -259,8 +381,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(quiet_library_logs)
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError) as e:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
+  except TrainingInterrupted as e:
+    print(f'charjax: {e}', file=sys.stderr)
+    sys.exit(128 + int(getattr(signal, str(e).split(':')[0], signal.SIGINT)))
+  except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError,
+          checkpointing.CheckpointError, TrainingDiverged) as e:
     sys.exit(f'charjax: {e}')
 
 
@@ -269,5 +395,7 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
+  flags.DEFINE_bool('restart', False, 'Delete a run of another config in --workdir and start '
+                    'over (by default a run of the same config resumes, another is refused).')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import tarfile
+import tempfile
 import zipfile
+
+# Compiled XLA programs are cached on disk for the whole session and the subprocesses it
+# starts (set before JAX is imported): the many tiny runs then compile each program once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'charjax-tests-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import numpy as np
 from PIL import Image
@@ -105,3 +113,15 @@ def prepared_dirs(nhcd_zip_dir, tmp_path_factory):
 
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def reference_run(prepared_dirs, tmp_path_factory):
+  """(config, workdir) of an uninterrupted tiny numerals run: 5 epochs, a checkpoint each."""
+  from charjax import train
+  from tests.test_train import tiny_config
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs, config.checkpoint_every_epochs = 5, 1
+  workdir = tmp_path_factory.mktemp('reference')
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir

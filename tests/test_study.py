@@ -78,3 +78,20 @@ def test_rerun_skips_finished_steps(quick_study):
   again = study.run(workdir, quick=True, overrides=overrides)
   assert {p: p.stat().st_mtime for p in workdir.glob('*/*/results.json')} == before
   assert again['steps'].keys() == set(before and again['steps'])
+
+
+def test_predict_with_the_saved_svc(quick_study, tmp_path):
+  import subprocess
+  import sys
+  from PIL import Image
+  from tests.test_predict import _glyph
+  from tests.test_train import REPO
+  workdir, _, _ = quick_study
+  Image.fromarray(_glyph()).save(tmp_path / 'x.png')
+  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', '--json',
+                         f'--svc={workdir}/exp3/svc/svc_vowels.npz', str(tmp_path / 'x.png')],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  top = json.loads(proc.stdout)[0]['top']
+  assert len(top) == 3 and all(t['glyph'] for t in top)
+  assert top[0]['score'] >= top[1]['score'] and top[0]['score'] <= 1.0

@@ -151,7 +151,8 @@ def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
   assert json.loads((tmp_path / 'run' / 'results.json').read_text())['epochs_run'] == 1
 
 
-@pytest.mark.parametrize('name', ['numerals', 'vowels', 'consonants', 'dhcd'])
+@pytest.mark.parametrize('name', ['numerals', 'vowels', 'consonants', 'dhcd', 'all_classes',
+                                  'feature_map'])
 def test_experiment_configs_are_valid(name):
   import importlib
   config = importlib.import_module(f'configs.{name}').get_config()

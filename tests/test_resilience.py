@@ -1,0 +1,177 @@
+"""Runs that survive interruption: kill and resume, signals, guards, refusals, determinism."""
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from charjax import checkpointing
+from charjax import configuration
+from charjax import runs
+from charjax import train
+from tests.test_train import REPO
+from tests.test_train import tiny_config
+
+_TIMING = ('epoch_seconds', 'images_per_s')
+
+
+def _curve(workdir):
+  lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [{k: v for k, v in l.items() if k not in _TIMING} for l in lines]
+
+
+def _outcome(workdir):
+  results = json.loads((workdir / 'results.json').read_text())
+  keep = ('test_accuracy', 'test_loss', 'best_epoch', 'best_val_loss', 'confusion_matrix')
+  return {k: results[k] for k in keep}
+
+
+def _cli_args(config, workdir):
+  args = ['--config', 'configs/numerals.py', '--workdir', str(workdir)]
+  for key in ('data_dir', 'tfds_dir', 'image_size', 'dense_features', 'dense_dropout',
+              'learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
+              'checkpoint_every_epochs'):
+    args.append(f'--config.{key}={config[key]}')
+  args.append(f'--config.conv_features=({config.conv_features[0]}, {config.conv_features[1]})')
+  return [sys.executable, '-m', 'charjax.train', *args]
+
+
+@pytest.fixture
+def reference(reference_run):
+  return reference_run
+
+
+def test_same_config_and_seed_give_the_same_run(reference, tmp_path):
+  config, workdir = reference
+  config = config.copy_and_resolve_references()
+  train.train_and_evaluate(config, str(tmp_path))
+  assert _curve(tmp_path) == _curve(workdir)
+  assert _outcome(tmp_path) == _outcome(workdir)
+  assert (tmp_path / 'splits.json').read_text() == (workdir / 'splits.json').read_text()
+
+
+def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path):
+  config, workdir = reference
+  cmd = _cli_args(config, tmp_path)
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = len(metrics.read_text().splitlines())
+  assert killed_at < config.num_epochs and not (tmp_path / 'results.json').exists()
+  resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'Resuming' in resumed.stderr
+  assert _curve(tmp_path) == _curve(workdir)  # bitwise: same compiled code, same inputs
+  assert _outcome(tmp_path) == _outcome(workdir)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+  config, _ = reference
+  cmd = _cli_args(config, tmp_path)
+  cmd[cmd.index('--config.num_epochs=5')] = '--config.num_epochs=200'
+  cmd[cmd.index('--config.checkpoint_every_epochs=1')] = '--config.checkpoint_every_epochs=100'
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 1):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert 'rerun the same command to resume' in err and 'Traceback' not in err
+  epochs = len(metrics.read_text().splitlines())
+  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  assert latest.latest_step() == epochs < 100  # saved at once, not at epoch 100
+
+
+def test_another_config_in_the_same_workdir_is_refused_unless_restart(reference, tmp_path):
+  config, workdir = reference
+  config = config.copy_and_resolve_references()
+  config.num_epochs = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  config.learning_rate = 1e-3
+  with pytest.raises(configuration.ConfigError, match='differs in learning_rate.*--restart'):
+    train.train_and_evaluate(config, str(tmp_path))
+  results = train.train_and_evaluate(config, str(tmp_path), restart=True)
+  assert results['epochs_run'] == 1
+  assert json.loads((tmp_path / 'config.json').read_text())['learning_rate'] == 1e-3
+
+
+def test_nan_stops_the_run_naming_epoch_and_step_and_keeps_checkpoints(prepared_dirs, tmp_path):
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs, config.checkpoint_every_epochs = 4, 1
+  config.learning_rate = 1e9  # diverges within a few steps
+  with pytest.raises(train.TrainingDiverged, match=r'NaN or infinite in epoch (\d+), at step'):
+    train.train_and_evaluate(config, str(tmp_path))
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert all(np.isfinite(json.loads(l)['train_loss']) for l in lines)
+  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  assert (latest.latest_step() or 0) == len(lines)
+
+
+def test_nan_in_a_batch_is_caught_at_its_step(prepared_dirs):
+  config = tiny_config(*prepared_dirs)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, jax.random.key(0), 16)
+  images = jnp.zeros((96, 16, 16, 1)).at[50].set(jnp.nan)
+  state, sums = train.train_epoch(state, images, jnp.zeros(96, jnp.int32), jax.random.key(1),
+                                  1, batch_size=32)
+  assert 1 <= int(sums['first_bad_step']) <= 3
+
+
+def test_full_disk_fails_clearly_and_keeps_earlier_checkpoints(reference, tmp_path,
+                                                               monkeypatch):
+  config, _ = reference
+  config = config.copy_and_resolve_references()
+  config.num_epochs = 3
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step >= 3:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  with pytest.raises(checkpointing.CheckpointError, match='No space left.*intact'):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
+  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  assert latest.latest_step() == 2
+  template = train.create_train_state(config, train.create_model(config, 10),
+                                      jax.random.key(0), config.image_size)
+  restored = checkpointing.restore(latest, template)
+  assert int(restored.step) > 0
+
+
+def test_checkpoint_of_another_model_is_refused(reference):
+  config, workdir = reference
+  other = config.copy_and_resolve_references()
+  other.dense_features = 32
+  template = train.create_train_state(other, train.create_model(other, 10), jax.random.key(0),
+                                      other.image_size)
+  best = checkpointing.manager(workdir / 'checkpoints' / 'best')
+  with pytest.raises(checkpointing.CheckpointError, match='does not fit|other shapes'):
+    checkpointing.restore(best, template)
+
+
+def test_restore_best_of_a_finished_run(reference):
+  config, workdir = reference
+  loaded, model, state, names = runs.restore_best(workdir)
+  assert json.loads(loaded.to_json()) == json.loads(config.to_json()) and len(names) == 10
+  assert int(state.step) > 0
