@@ -1,8 +1,12 @@
 """charjax's train step side by side with the same models in Keras 3 (TensorFlow) and PyTorch.
 
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
-timed the same way (median of `--repeats` calls after a warm-up, synchronised). The peers
-are optional: `pip install -e '.[peers]'`; a missing one is reported and skipped.
+timed the same way (median of `--repeats` calls after a warm-up, synchronised). Two
+charjax rows: the lone jitted `train_step`, and `(epoch)`, the per-batch time of
+`train.train_epoch` over `timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle,
+gather and steps compiled together). The speedup column divides each peer's step time by
+charjax's step, then by its epoch row. The peers are optional: `pip install -e '.[peers]'`;
+a missing one is reported and skipped.
 
   python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
