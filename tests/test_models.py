@@ -93,3 +93,9 @@ def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
   env['CHARJAX_KEEP_XLA_FLAGS'] = '1'
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
   assert out.stdout.strip() == ''
+
+
+def test_relu_after_pooling_equals_relu_before_pooling():
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 5))
+  np.testing.assert_array_equal(nn.relu(models.max_pool_2x2(x)),
+                                models.max_pool_2x2(nn.relu(x)))
