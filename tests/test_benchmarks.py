@@ -54,3 +54,13 @@ def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
   result = json.loads(out.read_text())
   assert result['epoch_reached'] == 1 and [c['epoch'] for c in result['curve']] == [1, 2]
   assert result['seconds_total'] >= result['seconds_to_target'] > 0
+
+
+def test_ablations_benchmark_runs(tmp_path):
+  out = tmp_path / 'ablations.json'
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.ablations', '--batch=2', '--repeats=1',
+                         f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [r['choice'] for r in rows] == ['pool', 'pool', 'relu', 'relu']
+  assert all(r['images_per_s'] > 0 for r in rows)

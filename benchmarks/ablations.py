@@ -1,0 +1,67 @@
+"""Design choices of charjax's models, each timed against its alternative in one run.
+
+- `pool`: max-pooling as `nn.max_pool` (its gradient is XLA's select-and-scatter) versus
+  charjax's `models.max_pool_2x2` (a reshape and a max, elementwise gradient);
+- `relu`: ReLU before max-pooling (as the study writes the network) versus after it
+  (charjax: identical output, a quarter of the ReLU's work).
+
+Lone jitted train step of the exp-2 network, median of `--repeats` calls after a warm-up.
+
+  python -m benchmarks.ablations --batch=800 --out=runs/bench/ablations.json
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+
+from benchmarks import timing
+from charjax import models
+
+_BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
+_OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
+
+
+def _flax_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _relu_first_pool(pool):
+  # ReLU is idempotent: pooling relu(x) then applying the model's ReLU again equals
+  # relu-before-pool, with the full-size ReLU that charjax avoids.
+  return lambda x: pool(nn.relu(x))
+
+
+VARIANTS = {
+    'pool': {'flax nn.max_pool': _flax_pool, 'reshape max (charjax)': models.max_pool_2x2},
+    'relu': {'relu before pool': _relu_first_pool(models.max_pool_2x2),
+             'relu after pool (charjax)': models.max_pool_2x2},
+}
+
+
+def main(argv):
+  del argv
+  rows = []
+  original = models.max_pool_2x2
+  try:
+    for choice, variants in VARIANTS.items():
+      for name, pool in variants.items():
+        models.max_pool_2x2 = pool  # looked up when the model is traced
+        jax.clear_caches()  # equal modules would otherwise reuse the previous trace
+        fn, args, images = timing.model_functions('exp2', _BATCH.value, 'xla')['train_step']
+        compiled, _, _ = timing.compile_and_flops(fn, *args)
+        seconds = timing.timed(compiled, *args, repeats=_REPEATS.value)
+        rows.append({'choice': choice, 'variant': name, 'batch': _BATCH.value,
+                     'ms': seconds * 1e3, 'images_per_s': images / seconds})
+        print(f'{choice:<6}{name:<28}{seconds * 1e3:>10.1f} ms{images / seconds:>10.1f} img/s',
+              flush=True)
+  finally:
+    models.max_pool_2x2 = original
+  timing.write_json(_OUT.value, {'backend': jax.default_backend(), 'rows': rows})
+
+
+if __name__ == '__main__':
+  app.run(main)
