@@ -93,3 +93,33 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
 def test_split_name():
   assert predict.split_name('ka (क)') == ('ka', 'क')
   assert predict.split_name('7') == ('7', '')
+
+
+@pytest.fixture(scope='module')
+def svc_run(nhcd_zip_dir, tmp_path_factory):
+  """A tiny 58-class network (1 epoch) and SVCs on its features, as experiment 3 makes."""
+  from charjax import specialise
+  from charjax import train
+  from configs import all_classes
+  config = all_classes.get_config()
+  config.data_dir = str(nhcd_zip_dir)
+  config.tfds_dir = str(tmp_path_factory.mktemp('tfds_all'))
+  config.image_size, config.conv_features, config.dense_features = 16, (4, 4, 4), 8
+  config.batch_size, config.eval_batch_size, config.num_epochs = 64, 100, 1
+  cnn = tmp_path_factory.mktemp('svc_run') / 'cnn'
+  train.train_and_evaluate(config, str(cnn))
+  specialise.run(cnn, cnn.parent / 'svc', C=(10.0,), gamma=(0.1,), folds=2)
+  return cnn.parent / 'svc'
+
+
+def test_predict_with_an_svc_on_cnn_features(svc_run, tmp_path):
+  Image.fromarray(_glyph()).save(tmp_path / 'a.png')
+  Image.fromarray(255 - _glyph(50)).save(tmp_path / 'b.jpg')
+  classifier = predict.load_classifier(None, str(svc_run / 'svc_vowels.npz'))
+  assert len(classifier.class_names) == 12
+  records = predict.predict(classifier, predict.collect([str(tmp_path)]), top_k=3)
+  assert [len(r['top']) for r in records] == [3, 3]
+  for r in records:
+    scores = [t['score'] for t in r['top']]
+    assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] and scores[0] <= 1
+    assert all(t['glyph'] for t in r['top'])

@@ -80,7 +80,8 @@ def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path)
   assert _outcome(tmp_path) == _outcome(workdir)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(reference, tmp_path, sig):
   config, _ = reference
   cmd = _cli_args(config, tmp_path)
   cmd[cmd.index('--config.num_epochs=5')] = '--config.num_epochs=200'
@@ -91,9 +92,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 1):
     time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert proc.returncode == 128 + sig, err[-2000:]
   assert 'rerun the same command to resume' in err and 'Traceback' not in err
   epochs = len(metrics.read_text().splitlines())
   latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
