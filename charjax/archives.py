@@ -61,6 +61,31 @@ def _damaged(path, err) -> ArchiveError:
       'Download it again (see the README section "Data").')
 
 
+def _entries(path: pathlib.Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
+  """(relative path, content if `read`) of each regular file of a zip or tar archive,
+  refusing hostile entries and wrapping damage in `ArchiveError`."""
+  try:
+    if str(path).lower().endswith('.zip'):
+      with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+          name = _normalise(info.filename, path)
+          if name and _zip_is_link(info):
+            _refuse_link(path, info.filename)
+          if name and not info.is_dir():
+            yield name, zf.read(info) if read else None
+    else:
+      # Reading streams the archive; listing opens it whole, which notices truncation.
+      with tarfile.open(path, mode='r|*' if read else 'r:*') as tf:
+        for member in tf:
+          name = _normalise(member.name, path)
+          if name and (member.issym() or member.islnk()):
+            _refuse_link(path, member.name)
+          if name and member.isfile():
+            yield name, tf.extractfile(member).read() if read else None
+  except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
+    raise _damaged(path, e) from e
+
+
 def list_files(path: os.PathLike | str) -> list[str]:
   """Paths of the regular files in an archive or folder, sorted."""
   path = pathlib.Path(path)
@@ -69,28 +94,7 @@ def list_files(path: os.PathLike | str) -> list[str]:
     if links:
       _refuse_link(path, str(links[0].relative_to(path)))
     return sorted(p.relative_to(path).as_posix() for p in path.rglob('*') if p.is_file())
-  try:
-    if str(path).lower().endswith('.zip'):
-      with zipfile.ZipFile(path) as zf:
-        names = []
-        for info in zf.infolist():
-          name = _normalise(info.filename, path)
-          if name and _zip_is_link(info):
-            _refuse_link(path, info.filename)
-          if name and not info.is_dir():
-            names.append(name)
-    else:
-      with tarfile.open(path) as tf:
-        names = []
-        for member in tf:
-          name = _normalise(member.name, path)
-          if name and (member.issym() or member.islnk()):
-            _refuse_link(path, member.name)
-          if name and member.isfile():
-            names.append(name)
-  except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
-    raise _damaged(path, e) from e
-  return sorted(names)
+  return sorted(name for name, _ in _entries(path, read=False))
 
 
 def iter_files(path: os.PathLike | str) -> Iterator[tuple[str, bytes]]:
@@ -100,25 +104,7 @@ def iter_files(path: os.PathLike | str) -> Iterator[tuple[str, bytes]]:
     for name in list_files(path):
       yield name, (path / name).read_bytes()
     return
-  try:
-    if str(path).lower().endswith('.zip'):
-      with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-          name = _normalise(info.filename, path)
-          if name and _zip_is_link(info):
-            _refuse_link(path, info.filename)
-          if name and not info.is_dir():
-            yield name, zf.read(info)
-    else:
-      with tarfile.open(path, mode='r|*') as tf:
-        for member in tf:
-          name = _normalise(member.name, path)
-          if name and (member.issym() or member.islnk()):
-            _refuse_link(path, member.name)
-          if name and member.isfile():
-            yield name, tf.extractfile(member).read()
-  except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
-    raise _damaged(path, e) from e
+  yield from _entries(path, read=True)
 
 
 def find_root(names: list[str], marker: str) -> str:

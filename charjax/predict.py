@@ -109,11 +109,6 @@ class Classifier:
   scores: callable  # (N, S, S, 1) images -> (N, classes) scores
 
 
-@jax.jit
-def _softmax(logits):
-  return jax.nn.softmax(logits, axis=-1)
-
-
 def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
   """The CNN of `workdir`, or the SVC at `svc_path` over its CNN's features."""
   if svc_path:
@@ -124,14 +119,13 @@ def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
 
     def svc_scores(images):
       feats = specialise.extract_features(model, state.params, images)
-      votes = svc_lib.decision_votes(arrays, feats)[1]
-      order = np.argsort(arrays['classes'])
-      return votes[:, order] / max(1, k - 1)
+      return svc_lib.decision_votes(arrays, feats)[1] / max(1, k - 1)  # classes_ are sorted
     return Classifier(config.image_size, list(meta['class_names']), svc_scores)
   config, model, state, names = runs.restore_best(workdir)
-  apply = jax.jit(lambda params, x: model.apply({'params': params}, x, train=False))
+  probabilities = jax.jit(lambda params, x: jax.nn.softmax(
+      model.apply({'params': params}, x, train=False), axis=-1))
   return Classifier(config.image_size, names,
-                    lambda images: np.asarray(_softmax(apply(state.params, images))))
+                    lambda images: np.asarray(probabilities(state.params, images)))
 
 
 def collect(paths: list[str]) -> list[pathlib.Path]:

@@ -10,6 +10,7 @@ the 2-D feature map.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -175,13 +176,27 @@ def pca_figures(run_dir: pathlib.Path, components_out: pathlib.Path,
   return True
 
 
+_DATA_FIELDS = ('dataset', 'subset', 'data_dir', 'tfds_dir', 'image_size', 'split',
+                'test_fraction', 'val_fraction', 'split_seed')
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_splits(data_fields: tuple) -> input_pipeline.SplitArrays:
+  return input_pipeline.load_splits(ml_collections.ConfigDict(
+      dict(zip(_DATA_FIELDS, data_fields))))[1]
+
+
+def _splits(config) -> input_pipeline.SplitArrays:
+  """The run's preprocessed splits, loaded once for all figures that share its data."""
+  return _cached_splits(tuple(config[k] for k in _DATA_FIELDS))
+
+
 def augmented_samples(run_dir: pathlib.Path, out: pathlib.Path, per_image: int = 6) -> bool:
   """A grid of training images (first column) and random augmentations of each."""
   if not (run_dir / 'config.json').exists():
     return False
   config = runs.load_config(run_dir)
-  _, data = input_pipeline.load_splits(config)
-  images = data.images['train'][:6]
+  images = _splits(config).images['train'][:6]
   aug = augment.from_config(config) or augment.Augmentation()
   fig, axes = plt.subplots(len(images), per_image + 1, figsize=(1.3 * (per_image + 1),
                                                                1.3 * len(images)))
@@ -206,7 +221,7 @@ def feature_map(run_dir: pathlib.Path, out_all: pathlib.Path, out_vowels: pathli
   if not (run_dir / 'results.json').exists():
     return False
   config, model, state, names = runs.restore_best(run_dir)
-  _, data = input_pipeline.load_splits(config)
+  data = _splits(config)
   points = specialise.extract_features(model, state.params, data.images['test'])
   labels = data.labels['test']
   lo, hi = specialise.subset_ranges()['vowels']

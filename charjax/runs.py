@@ -23,7 +23,6 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise RunError(f'{workdir} is not a charjax run: no config.json.')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  config.conv_features = tuple(config.conv_features)
   configuration.validate(config)
   return config
 

@@ -145,12 +145,10 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
 
   state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1),
                                 unroll=unroll)
-  metrics = _sum(metrics)
   if rest:
     state, last = step(state, order[full * batch_size:])
-    metrics = {k: (jnp.minimum(v, last[k]) if k == 'first_bad_step' else v + last[k])
-               for k, v in metrics.items()}
-  return state, metrics
+    metrics = jax.tree.map(lambda m, l: jnp.concatenate([m, l[None]]), metrics, last)
+  return state, _sum(metrics)
 
 
 @functools.partial(jax.jit, static_argnames=('batch_size', 'unroll'))
@@ -191,6 +189,10 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(RuntimeError):
   """SIGTERM or Ctrl-C arrived: the latest checkpoint was saved and the run stopped."""
 
+  def __init__(self, message: str, signum: signal.Signals):
+    super().__init__(message)
+    self.signum = signum
+
 
 # Fields that say where data lives, not what is computed: they may change between resumes.
 _LOCATION_FIELDS = ('data_dir', 'tfds_dir')
@@ -202,8 +204,7 @@ def _check_same_config(workdir: pathlib.Path, config, restart: bool) -> None:
   if not path.exists():
     return
   if restart:
-    for name in ('checkpoints',):
-      shutil.rmtree(workdir / name, ignore_errors=True)
+    shutil.rmtree(workdir / 'checkpoints', ignore_errors=True)
     for name in ('metrics.jsonl', 'results.json', 'config.json', 'splits.json'):
       (workdir / name).unlink(missing_ok=True)
     return
@@ -234,9 +235,9 @@ class _StopSignals:
     del frame
     if self.requested is not None:  # a second signal: stop now
       raise KeyboardInterrupt
-    self.requested = signal.Signals(signum).name
+    self.requested = signal.Signals(signum)
     logging.warning('%s received: finishing this epoch, saving a checkpoint, then stopping '
-                    '(send it again to stop at once).', self.requested)
+                    '(send it again to stop at once).', self.requested.name)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -344,8 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    '  *best*' if improved else '')
       if stop.requested and epoch < config.num_epochs:
         raise TrainingInterrupted(
-            f'{stop.requested}: stopped after epoch {epoch} with its checkpoint saved in '
-            f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.')
+            f'{stop.requested.name}: stopped after epoch {epoch} with its checkpoint saved in '
+            f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.',
+            stop.requested)
 
   state = checkpointing.restore(best, state, best_epoch)
   test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
@@ -384,7 +386,7 @@ def main(argv):
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
   except TrainingInterrupted as e:
     print(f'charjax: {e}', file=sys.stderr)
-    sys.exit(128 + int(getattr(signal, str(e).split(':')[0], signal.SIGINT)))
+    sys.exit(128 + int(e.signum))
   except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError,
           checkpointing.CheckpointError, TrainingDiverged) as e:
     sys.exit(f'charjax: {e}')
