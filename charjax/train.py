@@ -336,18 +336,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       metrics_file.write(json.dumps(record) + '\n')
       metrics_file.flush()
       # After the metrics line: a resume drops lines past the latest checkpoint.
+      stopping = stop.requested  # read once: a signal may land between the two uses
       if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
-          or stop.requested):
+          or stopping):
         checkpointing.save(latest, epoch, state)
       logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
                    '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
                    val['loss'], val['accuracy'], record['images_per_s'],
                    '  *best*' if improved else '')
-      if stop.requested and epoch < config.num_epochs:
+      if stopping and epoch < config.num_epochs:
         raise TrainingInterrupted(
-            f'{stop.requested.name}: stopped after epoch {epoch} with its checkpoint saved in '
+            f'{stopping.name}: stopped after epoch {epoch} with its checkpoint saved in '
             f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.',
-            stop.requested)
+            stopping)
 
   state = checkpointing.restore(best, state, best_epoch)
   test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],

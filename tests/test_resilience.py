@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -99,6 +100,30 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(reference, tmp_pa
   epochs = len(metrics.read_text().splitlines())
   latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
   assert latest.latest_step() == epochs < 100  # saved at once, not at epoch 100
+
+
+def test_signal_landing_after_the_epochs_checkpoint_decision_still_saves(reference, tmp_path,
+                                                                         monkeypatch):
+  """A signal between the 'save latest?' check and the 'stop?' check must not skip the save."""
+  config, _ = reference
+  config = config.copy_and_resolve_references()
+  config.num_epochs, config.checkpoint_every_epochs = 4, 100
+  real_info = train.logging.info
+  sent = []
+
+  def info(msg, *args, **kwargs):
+    if isinstance(msg, str) and msg.startswith('epoch ') and not sent:  # the epoch line sits between the two checks
+      sent.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_info(msg, *args, **kwargs)
+
+  monkeypatch.setattr(train.logging, 'info', info)
+  with pytest.raises(train.TrainingInterrupted) as stopped:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert stopped.value.signum == signal.SIGTERM
+  epochs = len((tmp_path / 'metrics.jsonl').read_text().splitlines())
+  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  assert latest.latest_step() == epochs == 2
 
 
 def test_another_config_in_the_same_workdir_is_refused_unless_restart(reference, tmp_path):
