@@ -63,9 +63,10 @@ def fit_and_score(train_x, train_y, test_x, test_y, config) -> tuple[dict, decom
   project = lambda x: (x - pca.mean_) @ pca.components_[:k].T
   search = svc.grid_search(project(train_x), train_y, C=config.svc_C, gamma=config.svc_gamma,
                            folds=config.cv_folds, seed=config.seed)
-  accuracy = float(np.mean(search.best_estimator_.predict(project(test_x)) == test_y))
-  return {'test_accuracy': accuracy, 'best_params': search.best_params_,
-          'cv_accuracy': float(search.best_score_), 'train_size': int(len(train_y)),
+  accuracy = float(np.mean(search.best_estimator.predict(project(test_x)) == test_y))
+  return {'test_accuracy': accuracy, 'best_params': search.best_params,
+          'cv_accuracy': float(search.best_score),
+          'cv_accuracy_grid': search.mean_scores.tolist(), 'train_size': int(len(train_y)),
           'test_size': int(len(test_y)),
           'explained_variance': float(pca.explained_variance_ratio_[:k].sum())}, pca
 

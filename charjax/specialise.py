@@ -61,6 +61,19 @@ def subset_ranges() -> dict[str, tuple[int, int]]:
   return ranges
 
 
+def subset_features(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray]):
+  """{subset: (x, y, test_x, test_y)}: train + validation and test features of each subset
+  cut out of the 58-class split, with labels counted from the subset's first class."""
+  out = {}
+  for name, (lo, hi) in subset_ranges().items():
+    pick = {s: (labels[s] >= lo) & (labels[s] < hi) for s in labels}
+    x = np.concatenate([feats['train'][pick['train']], feats['validation'][pick['validation']]])
+    y = np.concatenate([labels['train'][pick['train']],
+                        labels['validation'][pick['validation']]]) - lo
+    out[name] = (x, y, feats['test'][pick['test']], labels['test'][pick['test']] - lo)
+  return out
+
+
 def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
         seed: int = 0) -> dict:
   """Fits and scores one SVC per subset on the features of the run in `cnn_workdir`."""
@@ -80,25 +93,24 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
   cnn_predictions = {'test': np.asarray(test_sums['predictions'])}
   results = {'cnn_workdir': str(cnn_workdir), 'feature_dim': int(feats['test'].shape[1]),
              'grid': {'C': list(C), 'gamma': list(gamma)}, 'folds': folds, 'subsets': {}}
-  for name, (lo, hi) in subset_ranges().items():
-    pick = {s: (data.labels[s] >= lo) & (data.labels[s] < hi) for s in data.labels}
-    x = np.concatenate([feats['train'][pick['train']], feats['validation'][pick['validation']]])
-    y = np.concatenate([data.labels['train'][pick['train']],
-                        data.labels['validation'][pick['validation']]]) - lo
+  ranges = subset_ranges()
+  for name, (x, y, test_x, test_y) in subset_features(feats, data.labels).items():
+    lo, hi = ranges[name]
+    pick_test = (data.labels['test'] >= lo) & (data.labels['test'] < hi)
     search = svc.grid_search(x, y, C=C, gamma=gamma, folds=folds, seed=seed)
-    test_x, test_y = feats['test'][pick['test']], data.labels['test'][pick['test']] - lo
-    arrays = svc.export(search.best_estimator_)
+    arrays = svc.export(search.best_estimator)
     accuracy = float(np.mean(svc.predict(arrays, test_x) == test_y))
-    cnn_accuracy = float(np.mean(cnn_predictions['test'][pick['test']] - lo == test_y))
+    cnn_accuracy = float(np.mean(cnn_predictions['test'][pick_test] - lo == test_y))
     svc.save(workdir / f'svc_{name}.npz', arrays, {
         'subset': name, 'label_offset': lo, 'class_names': class_names[lo:hi],
-        'best_params': search.best_params_, 'cnn_workdir': str(cnn_workdir)})
+        'best_params': search.best_params, 'cnn_workdir': str(cnn_workdir)})
     results['subsets'][name] = {
-        'test_accuracy': accuracy, 'best_params': search.best_params_,
-        'cv_accuracy': float(search.best_score_), 'train_size': int(len(y)),
+        'test_accuracy': accuracy, 'best_params': search.best_params,
+        'cv_accuracy': float(search.best_score),
+        'cv_accuracy_grid': search.mean_scores.tolist(), 'train_size': int(len(y)),
         'test_size': int(len(test_y)), 'cnn_test_accuracy': cnn_accuracy}
     logging.info('%s: SVC on CNN features %.4f (CNN alone %.4f) %s', name, accuracy,
-                 cnn_accuracy, search.best_params_)
+                 cnn_accuracy, search.best_params)
   results['wall_clock_s'] = time.time() - start
   (workdir / 'results.json').write_text(json.dumps(results, indent=2))
   return results

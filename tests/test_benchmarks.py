@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
@@ -64,3 +65,13 @@ def test_ablations_benchmark_runs(tmp_path):
   rows = json.loads(out.read_text())['rows']
   assert [r['choice'] for r in rows] == ['pool', 'pool', 'relu', 'relu']
   assert all(r['images_per_s'] > 0 for r in rows)
+
+
+def test_svc_grid_benchmark_compares_equal_searches():
+  from benchmarks import svc_grid
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 90)
+  x = rng.normal(0, 1, (3, 8))[y] + rng.normal(0, 0.7, (90, 8))
+  row = svc_grid.compare(x, y, C=[1, 10], gamma=[0.01, 0.1, 1], folds=3)
+  assert row['samples'] == 90 and row['same_best_params']
+  assert row['max_cv_accuracy_gap'] < 1e-12 and row['sklearn_s'] > 0 and row['charjax_s'] > 0

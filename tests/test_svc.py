@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn import model_selection
 from sklearn import svm
 
 from charjax import svc
@@ -29,8 +30,22 @@ def test_exported_svc_matches_sklearn_decisions_and_predictions(tmp_path):
 def test_grid_search_picks_from_the_grid():
   x, y = _data()
   search = svc.grid_search(x, y, C=[1, 10], gamma=[0.01, 0.1], folds=3)
-  assert search.best_params_['C'] in (1, 10) and search.best_params_['gamma'] in (0.01, 0.1)
-  assert search.best_estimator_.score(x, y) > 0.8
+  assert search.best_params['C'] in (1, 10) and search.best_params['gamma'] in (0.01, 0.1)
+  assert search.best_estimator.score(x, y) > 0.8
+
+
+def test_grid_search_equals_sklearn_grid_search_cv():
+  x, y = _data(n=150, dim=5)
+  C, gamma = [0.1, 1, 10, 100], [0.01, 0.1, 1, 10]
+  ours = svc.grid_search(x, y, C=C, gamma=gamma, folds=4, seed=3)
+  cv = model_selection.StratifiedKFold(n_splits=4, shuffle=True, random_state=3)
+  ref = model_selection.GridSearchCV(svm.SVC(kernel='rbf'), {'C': C, 'gamma': gamma},
+                                     cv=cv).fit(x, y)
+  np.testing.assert_allclose(ours.mean_scores.ravel(), ref.cv_results_['mean_test_score'],
+                             atol=1e-12)  # C-major, as scikit-learn orders its grid
+  assert ours.best_params == ref.best_params_ and ours.best_score == ref.best_score_
+  np.testing.assert_array_equal(ours.best_estimator.support_vectors_,
+                                ref.best_estimator_.support_vectors_)
 
 
 def test_load_refuses_pickles_and_incomplete_files(tmp_path):
