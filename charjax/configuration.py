@@ -16,11 +16,21 @@ FIELDS = {
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
 }
 
+# Fields added after runs had been saved without them, each with the value that reproduces
+# how those runs were trained (no bottleneck, no augmentation).
+ADDED_LATER = {'bottleneck_features': 0, 'augment': False, 'augment_rotation_degrees': 15.0,
+               'augment_zoom': 0.2}
+
 SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
 
 
 class ConfigError(ValueError):
   """A config has unknown fields or impossible values."""
+
+
+def from_saved(saved: dict) -> dict:
+  """A run's saved `config.json` content, with fields added since it was saved filled in."""
+  return {**ADDED_LATER, **saved}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -22,7 +22,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise RunError(f'{workdir} is not a charjax run: no config.json.')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(configuration.from_saved(json.loads(path.read_text())))
   configuration.validate(config)
   return config
 

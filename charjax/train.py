@@ -208,7 +208,7 @@ def _check_same_config(workdir: pathlib.Path, config, restart: bool) -> None:
     for name in ('metrics.jsonl', 'results.json', 'config.json', 'splits.json'):
       (workdir / name).unlink(missing_ok=True)
     return
-  old = json.loads(path.read_text())
+  old = configuration.from_saved(json.loads(path.read_text()))
   new = json.loads(config.to_json_best_effort())
   differ = sorted(k for k in set(old) | set(new)
                   if k not in _LOCATION_FIELDS and old.get(k) != new.get(k))

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,4 +201,17 @@ def test_restore_best_of_a_finished_run(reference):
   config, workdir = reference
   loaded, model, state, names = runs.restore_best(workdir)
   assert json.loads(loaded.to_json()) == json.loads(config.to_json()) and len(names) == 10
+  assert int(state.step) > 0
+
+
+def test_a_run_saved_before_later_fields_existed_still_loads(reference, tmp_path):
+  config, workdir = reference
+  old = tmp_path / 'old'
+  shutil.copytree(workdir, old)
+  saved = json.loads((old / 'config.json').read_text())
+  for key in configuration.ADDED_LATER:
+    del saved[key]
+  (old / 'config.json').write_text(json.dumps(saved))
+  loaded, _, state, _ = runs.restore_best(old)
+  assert json.loads(loaded.to_json()) == json.loads(config.to_json())
   assert int(state.step) > 0
