@@ -53,6 +53,9 @@ def grid_search(features: np.ndarray, labels: np.ndarray, *, C, gamma, folds: in
   folds and the same choice among ties (the first best in C-major order), but each
   gamma's kernel matrix is computed once with a matrix product and shared by every C and
   fold (`SVC(kernel='precomputed')`), instead of libsvm recomputing kernel rows in every fit.
+  Cross-validated accuracies are identical (`benchmarks/svc_grid.py` compares them) except
+  at degenerate grid points, where gamma is so large that the kernel is numerically the
+  identity and predictions come down to ties; there the two may break ties differently.
   """
   C, gamma = tuple(C), tuple(gamma)
   labels = np.asarray(labels)

@@ -74,4 +74,4 @@ def test_svc_grid_benchmark_compares_equal_searches():
   x = rng.normal(0, 1, (3, 8))[y] + rng.normal(0, 0.7, (90, 8))
   row = svc_grid.compare(x, y, C=[1, 10], gamma=[0.01, 0.1, 1], folds=3)
   assert row['samples'] == 90 and row['same_best_params']
-  assert row['max_cv_accuracy_gap'] < 1e-12 and row['sklearn_s'] > 0 and row['charjax_s'] > 0
+  assert row['cells_differing'] == [] and row['max_cv_accuracy_gap'] < 1e-12 and row['sklearn_s'] > 0 and row['charjax_s'] > 0
