@@ -90,7 +90,7 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
   test_sums = train.evaluate(state, data.images['test'], data.labels['test'],
                              batch_size=min(config.eval_batch_size, len(data.labels['test'])),
                              unroll=conv.loop_unroll(config.conv_impl))
-  cnn_predictions = {'test': np.asarray(test_sums['predictions'])}
+  cnn_test_predictions = np.asarray(test_sums['predictions'])
   results = {'cnn_workdir': str(cnn_workdir), 'feature_dim': int(feats['test'].shape[1]),
              'grid': {'C': list(C), 'gamma': list(gamma)}, 'folds': folds, 'subsets': {}}
   ranges = subset_ranges()
@@ -100,7 +100,7 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
     search = svc.grid_search(x, y, C=C, gamma=gamma, folds=folds, seed=seed)
     arrays = svc.export(search.best_estimator)
     accuracy = float(np.mean(svc.predict(arrays, test_x) == test_y))
-    cnn_accuracy = float(np.mean(cnn_predictions['test'][pick_test] - lo == test_y))
+    cnn_accuracy = float(np.mean(cnn_test_predictions[pick_test] - lo == test_y))
     svc.save(workdir / f'svc_{name}.npz', arrays, {
         'subset': name, 'label_offset': lo, 'class_names': class_names[lo:hi],
         'best_params': search.best_params, 'cnn_workdir': str(cnn_workdir)})
