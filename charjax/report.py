@@ -64,6 +64,43 @@ def _cell(value, study):
   return f'**{value:.1f}** (study {study:.1f}, {value - study:+.1f})'
 
 
+STEPS = [f'exp1/{s}' for s in SUBSETS] + TRAINING_RUNS[:4] + ['exp3/svc'] + TRAINING_RUNS[4:]
+
+
+def step_times(study_dir: pathlib.Path) -> list[dict]:
+  """Per finished step: `wall_clock_s` of the process that finished it and, for networks,
+  the summed epoch times of `metrics.jsonl` (every process's epochs, if the run was resumed)
+  and the epoch it resumed from (None where its results predate that field)."""
+  rows = []
+  for step in STEPS:
+    results = _read(study_dir / step / 'results.json')
+    if not results:
+      continue
+    row = {'step': step, 'wall_clock_s': results['wall_clock_s'],
+           'epoch_seconds': None, 'resumed_from_epoch': results.get('resumed_from_epoch')}
+    metrics = study_dir / step / 'metrics.jsonl'
+    if metrics.exists():
+      row['epoch_seconds'] = sum(json.loads(line)['epoch_seconds']
+                                 for line in metrics.read_text().splitlines())
+    rows.append(row)
+  return rows
+
+
+def step_times_markdown(study_dir: pathlib.Path) -> str:
+  """`step_times` as a table, with totals."""
+  rows = step_times(study_dir)
+  out = ['| step | wall-clock of its last process (s) | training epochs, all processes (s) '
+         '| resumed from epoch |', '|---|---:|---:|---:|']
+  for r in rows:
+    resumed = '' if r['resumed_from_epoch'] is None else str(r['resumed_from_epoch'])
+    epochs = '' if r['epoch_seconds'] is None else f'{r["epoch_seconds"]:.0f}'
+    out.append(f'| {r["step"]} | {r["wall_clock_s"]:.0f} | {epochs} | {resumed} |')
+  total = sum(r['wall_clock_s'] for r in rows)
+  out.append(f'| all | {total:.0f} | '
+             f'{sum(r["epoch_seconds"] or 0 for r in rows):.0f} | |')
+  return '\n'.join(out)
+
+
 def table_markdown(study_dir: pathlib.Path) -> str:
   """The study's results table with charjax's figures, the study's and the difference."""
   rows = ['| subset | ' + ' | '.join(COLUMNS) + ' |', '|---|---:|---:|---:|']
@@ -291,11 +328,8 @@ def write(study_dir) -> pathlib.Path:
       extra.append(f'- Experiment 3, {subset}: 58-class CNN alone '
                    f'{100 * r["cnn_test_accuracy"]:.1f}%, SVC {100 * r["test_accuracy"]:.1f}% '
                    f'with {r["best_params"]}.')
-  record = _read(study_dir / 'study.json')
-  if record and record.get('steps'):
-    extra.append('- Wall-clock per step: ' + ', '.join(
-        f'{name} {s["wall_clock_s"]:.0f} s' for name, s in record['steps'].items()) + '.')
-  lines += extra + ['', '## Figures', '']
+  lines += extra + ['', '## Time per step', '', step_times_markdown(study_dir),
+                    '', '## Figures', '']
   for title, files in made:
     lines += [f'### {title}', ''] + [f'![{f}](figures/{f})' for f in files] + ['']
   path = study_dir / 'report.md'

@@ -80,6 +80,11 @@ def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path)
   assert 'Resuming' in resumed.stderr
   assert _curve(tmp_path) == _curve(workdir)  # bitwise: same compiled code, same inputs
   assert _outcome(tmp_path) == _outcome(workdir)
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert 0 < results['resumed_from_epoch'] <= killed_at
+  epoch_seconds = [json.loads(l)['epoch_seconds'] for l in metrics.read_text().splitlines()]
+  assert results['train_seconds'] == pytest.approx(sum(epoch_seconds))
+  assert json.loads((workdir / 'results.json').read_text())['resumed_from_epoch'] == 0
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])

@@ -41,6 +41,18 @@ def test_quick_study_runs_every_step_and_writes_the_report(quick_study):
     assert f'figures/{figure}' in text
 
 
+def test_step_times_come_from_each_run(quick_study):
+  workdir, _, _ = quick_study
+  rows = {r['step']: r for r in report.step_times(workdir)}
+  assert set(rows) == {rel for _, rel, _ in study.steps(quick=True)}
+  exp3 = json.loads((workdir / 'exp3/cnn/results.json').read_text())
+  assert rows['exp3/cnn']['wall_clock_s'] == exp3['wall_clock_s']
+  assert rows['exp3/cnn']['epoch_seconds'] == pytest.approx(exp3['train_seconds'])
+  assert rows['exp3/cnn']['resumed_from_epoch'] == 0
+  assert rows['exp1/numerals']['epoch_seconds'] is None
+  assert '| exp3/svc | ' in (workdir / 'report.md').read_text()
+
+
 def test_table_numbers_come_from_the_runs(quick_study):
   workdir, _, _ = quick_study
   table = report.measured(workdir)
