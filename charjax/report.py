@@ -177,7 +177,7 @@ def pca_figures(run_dir: pathlib.Path, components_out: pathlib.Path,
     mean, comps, shape = pca['mean'], pca['components'], tuple(pca['image_shape'])
   fig, axes = plt.subplots(2, 6, figsize=(9, 3.2))
   for i, ax in enumerate(axes.flat):
-    ax.imshow(comps[i].reshape(shape), cmap='RdBu')
+    ax.imshow(comps[i].reshape(shape), cmap='RdBu', interpolation='nearest')
     ax.set_title(f'PC {i + 1}', fontsize=8)
     ax.axis('off')
   fig.tight_layout()
@@ -197,10 +197,10 @@ def pca_figures(run_dir: pathlib.Path, components_out: pathlib.Path,
                                                                  1.4 * len(first)))
   axes = np.atleast_2d(axes)
   for r, row in enumerate(x):
-    axes[r, 0].imshow(row.reshape(shape), cmap='gray')
+    axes[r, 0].imshow(row.reshape(shape), cmap='gray', interpolation='nearest')
     for c, k in enumerate(counts, 1):
       rebuilt = mean + ((row - mean) @ comps[:k].T) @ comps[:k]
-      axes[r, c].imshow(rebuilt.reshape(shape), cmap='gray')
+      axes[r, c].imshow(rebuilt.reshape(shape), cmap='gray', interpolation='nearest')
       if r == 0:
         axes[r, c].set_title(f'{k} PCs', fontsize=8)
     if r == 0:
@@ -229,11 +229,15 @@ def _splits(config) -> input_pipeline.SplitArrays:
 
 
 def augmented_samples(run_dir: pathlib.Path, out: pathlib.Path, per_image: int = 6) -> bool:
-  """A grid of training images (first column) and random augmentations of each."""
+  """A grid of training images of six classes (first column) and random augmentations."""
   if not (run_dir / 'config.json').exists():
     return False
   config = runs.load_config(run_dir)
-  images = _splits(config).images['train'][:6]
+  splits = _splits(config)
+  labels = splits.labels['train']
+  classes = np.unique(labels)
+  shown = classes[np.linspace(0, len(classes) - 1, min(6, len(classes))).astype(int)]
+  images = splits.images['train'][[np.flatnonzero(labels == k)[0] for k in shown]]
   aug = augment.from_config(config) or augment.Augmentation()
   fig, axes = plt.subplots(len(images), per_image + 1, figsize=(1.3 * (per_image + 1),
                                                                1.3 * len(images)))
@@ -241,7 +245,7 @@ def augmented_samples(run_dir: pathlib.Path, out: pathlib.Path, per_image: int =
     batch = images if c == 0 else np.asarray(
         augment.random_augment(jax.random.key(c), images, aug))
     for r in range(len(images)):
-      axes[r, c].imshow(batch[r, ..., 0], cmap='gray', vmin=0, vmax=1)
+      axes[r, c].imshow(batch[r, ..., 0], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
       axes[r, c].axis('off')
   axes[0, 0].set_title('original', fontsize=8)
   fig.suptitle(f'rotation up to {aug.max_rotation_degrees:g} degrees, zoom up to '
