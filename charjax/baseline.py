@@ -4,7 +4,7 @@ PCA is fitted on the training part only; the SVC is grid-searched with stratifie
 cross-validation. Two protocols, one run:
 
 - 'cnn_split': training part = train + validation of the CNN experiments' split, test = its
-  test set, so the numbers compare with experiments 2 and 3 on the same test images;
+  test set, so the numbers compare with experiment 2's on the same test images;
 - 'study_75_25': the study's own `train_test_split` 75/25 (seeded here; the study fixed none).
 
   python -m charjax.baseline --config configs/pca_svc.py --config.subset=vowels \

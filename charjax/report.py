@@ -101,12 +101,30 @@ def step_times_markdown(study_dir: pathlib.Path) -> str:
   return '\n'.join(out)
 
 
+def test_sizes(study_dir: pathlib.Path) -> dict[str, list[int | None]]:
+  """Test images per subset, in `COLUMNS` order (None where the run is missing)."""
+  svc = _read(study_dir / 'exp3/svc/results.json')
+  sizes = {}
+  for subset in SUBSETS:
+    exp2 = _read(study_dir / f'exp2/{subset}/results.json')
+    exp1 = _read(study_dir / f'exp1/{subset}/results.json')
+    sizes[subset] = [svc['subsets'][subset]['test_size'] if svc else None,
+                     exp2['split_sizes']['test'] if exp2 else None,
+                     exp1['cnn_split']['test_size'] if exp1 else None]
+  return sizes
+
+
 def table_markdown(study_dir: pathlib.Path) -> str:
-  """The study's results table with charjax's figures, the study's and the difference."""
+  """The study's results table with charjax's figures, the study's and the difference,
+  then a row of test-set sizes."""
   rows = ['| subset | ' + ' | '.join(COLUMNS) + ' |', '|---|---:|---:|---:|']
   for subset, values in measured(study_dir).items():
     rows.append(f'| {subset} | ' + ' | '.join(
         _cell(v, s) for v, s in zip(values, STUDY[subset])) + ' |')
+  sizes = test_sizes(study_dir)
+  rows.append('| test images | ' + ' | '.join(
+      ' / '.join('-' if sizes[s][i] is None else str(sizes[s][i]) for s in SUBSETS)
+      for i in range(len(COLUMNS))) + ' |')
   return '\n'.join(rows)
 
 
@@ -317,8 +335,11 @@ def write(study_dir) -> pathlib.Path:
 
   lines = ['# charjax: the study reproduced', '',
            'Test accuracy (%), charjax in bold, then the study\'s figure and the difference '
-           '(percentage points). All charjax columns use the same test images (the '
-           'stratified split, seed 1).', '', table_markdown(study_dir), '']
+           '(percentage points). Experiments 1 and 2 test on the same images: the test '
+           'part of each subset\'s stratified split (seed 1). Experiment 3 tests on the '
+           'subset\'s images in the test part of the 58-class split (seed 1), which the '
+           'study cuts into the subsets; the last row gives the sizes (numerals / vowels / '
+           'consonants).', '', table_markdown(study_dir), '']
   extra = []
   for subset in SUBSETS:
     exp1 = _read(study_dir / f'exp1/{subset}/results.json')

@@ -61,6 +61,10 @@ def test_table_numbers_come_from_the_runs(quick_study):
   assert table['vowels'][1] == pytest.approx(100 * exp2['test_accuracy'])
   assert table['consonants'][0] == pytest.approx(
       100 * svcs['subsets']['consonants']['test_accuracy'])
+  sizes = report.test_sizes(workdir)
+  assert sizes['vowels'][1] == exp2['split_sizes']['test'] == sizes['vowels'][2]
+  assert sizes['consonants'][0] == svcs['subsets']['consonants']['test_size']
+  assert '| test images | ' in (workdir / 'report.md').read_text()
 
 
 def test_exp3_configs_and_subset_cut(quick_study):
