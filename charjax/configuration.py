@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from charjax import models
+
 # Field name -> accepted Python types. configs/default.py declares exactly these.
 FIELDS = {
     'dataset': str, 'subset': str, 'data_dir': str, 'tfds_dir': str, 'image_size': int,
     'split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
     'model': str, 'conv_features': tuple, 'dense_features': int, 'conv_dropout': float,
     'dense_dropout': float, 'conv_impl': str, 'bottleneck_features': int,
+    'bottleneck_activation': str,
     'learning_rate': float, 'rmsprop_rho': float, 'rmsprop_epsilon': float,
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
     'checkpoint_every_epochs': int,
@@ -18,7 +21,7 @@ FIELDS = {
 
 # Fields added after runs had been saved without them, each with the value that reproduces
 # how those runs were trained (no bottleneck, no augmentation).
-ADDED_LATER = {'bottleneck_features': 0, 'augment': False, 'augment_rotation_degrees': 15.0,
+ADDED_LATER = {'bottleneck_features': 0, 'bottleneck_activation': 'relu', 'augment': False, 'augment_rotation_degrees': 15.0,
                'augment_zoom': 0.2}
 
 SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
@@ -80,6 +83,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'bottleneck_features={config.bottleneck_features} is negative')
   need(config.bottleneck_features == 0 or config.model == 'AllClassesCNN',
        'bottleneck_features is only available for model="AllClassesCNN"')
+  need(config.bottleneck_activation in models.BOTTLENECK_ACTIVATIONS,
+       f'bottleneck_activation={config.bottleneck_activation!r} is not one of '
+       f'{sorted(models.BOTTLENECK_ACTIVATIONS)}')
   need(config.dense_features > 0, f'dense_features={config.dense_features} must be positive')
   need(0 <= config.augment_rotation_degrees <= 180,
        f'augment_rotation_degrees={config.augment_rotation_degrees} not in [0, 180]')

@@ -11,6 +11,7 @@ from charjax import conv
 
 # Keras's defaults: Glorot-uniform kernels, zero biases.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
+BOTTLENECK_ACTIVATIONS = {'relu': nn.relu, 'softplus': nn.softplus}
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -62,8 +63,9 @@ class AllClassesCNN(nn.Module):
   dropout 0.25 -> flatten -> dense 512, ReLU -> dropout 0.7 -> dense 512, ReLU ->
   dropout 0.7 -> dense `num_classes` (logits). All convolutions 3x3, valid.
 
-  `bottleneck_features` > 0 inserts a dense layer of that width (ReLU) before the
-  classifier: the study's 2-unit variant whose activations are plotted as a feature map.
+  `bottleneck_features` > 0 inserts a dense layer of that width before the classifier,
+  activated by `bottleneck_activation` ('relu' or 'softplus'): the study's 2-unit variant
+  whose activations are plotted as a feature map.
   With `features=True` the call returns the input of the last dense layer (the 512 ReLU
   features of the SVCs, or the bottleneck's activations) instead of the logits.
   """
@@ -74,6 +76,7 @@ class AllClassesCNN(nn.Module):
   dense_dropout: float = 0.7
   conv_impl: str = 'auto'
   bottleneck_features: int = 0
+  bottleneck_activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, features: bool = False) -> jax.Array:
@@ -91,7 +94,8 @@ class AllClassesCNN(nn.Module):
         return x
       x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
     if self.bottleneck_features:
-      x = nn.relu(nn.Dense(self.bottleneck_features, kernel_init=_KERNEL_INIT)(x))
+      activation = BOTTLENECK_ACTIVATIONS[self.bottleneck_activation]
+      x = activation(nn.Dense(self.bottleneck_features, kernel_init=_KERNEL_INIT)(x))
       if features:
         return x
     return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)

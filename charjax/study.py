@@ -23,6 +23,7 @@ from absl import logging
 
 from charjax import archives
 from charjax import baseline
+from charjax import checkpointing
 from charjax import configuration
 from charjax import report
 from charjax import runs
@@ -109,8 +110,12 @@ def main(argv):
                if getattr(flags.FLAGS, k)}
   try:
     run(flags.FLAGS.workdir, quick=flags.FLAGS.quick, overrides=overrides)
+  except train.TrainingInterrupted as e:
+    print(f'charjax: {e} (The study resumes from there when rerun.)', file=sys.stderr)
+    sys.exit(128 + int(e.signum))
   except (configuration.ConfigError, baseline.BaselineConfigError, runs.RunError,
-          sources.DataNotFoundError, archives.ArchiveError) as e:
+          sources.DataNotFoundError, archives.ArchiveError, checkpointing.CheckpointError,
+          train.TrainingDiverged) as e:
     sys.exit(f'charjax: {e}')
 
 

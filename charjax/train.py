@@ -49,7 +49,9 @@ from charjax.datasets import sources
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
   """The Flax module named by `config.model` (a class in `charjax.models`)."""
   model_cls = getattr(models, config.model)
-  extra = {'bottleneck_features': config.bottleneck_features} if config.bottleneck_features else {}
+  extra = ({'bottleneck_features': config.bottleneck_features,
+            'bottleneck_activation': config.bottleneck_activation}
+           if config.bottleneck_features else {})
   return model_cls(num_classes=num_classes, conv_features=tuple(config.conv_features),
                    dense_features=config.dense_features, conv_dropout=config.conv_dropout,
                    dense_dropout=config.dense_dropout, conv_impl=config.conv_impl, **extra)

@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.conv_dropout = 0.25
   config.dense_dropout = 0.8
   config.bottleneck_features = 0      # AllClassesCNN: >0 adds that narrow dense layer
+  config.bottleneck_activation = 'relu'  # its activation: 'relu' or 'softplus'
   config.conv_impl = 'auto'           # 'auto' (= 'xla'), 'xla' or 'patches' (see charjax.conv)
   # Optimisation.
   config.learning_rate = 5e-4

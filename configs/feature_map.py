@@ -10,5 +10,10 @@ from configs import all_classes
 def get_config():
   config = all_classes.get_config()
   config.bottleneck_features = 2
+  # With ReLU, both units died within four epochs (their activations 0 for every image, loss
+  # stuck at ln 58): RMSprop's first updates are ~3x the learning rate for every weight, and
+  # 512 of them moving together push a unit's input below zero for good. Softplus is
+  # positive too (the map is drawn on log axes) and its gradient never vanishes exactly.
+  config.bottleneck_activation = 'softplus'
   config.num_epochs = 50
   return config

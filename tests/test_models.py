@@ -34,6 +34,24 @@ def test_all_classes_cnn_matches_keras_parameter_count():
   assert out.shape == (3, 58)
 
 
+@pytest.mark.parametrize('activation', ['relu', 'softplus'])
+def test_bottleneck_variant_features_and_parameter_count(activation):
+  model = models.AllClassesCNN(num_classes=58, bottleneck_features=2,
+                               bottleneck_activation=activation)
+  # The 2-unit layer adds 512 * 2 + 2 weights; the classifier shrinks to 2 * 58 + 58.
+  assert param_count(model, 36) == 3_597_722 - (512 * 58 + 58) + (512 * 2 + 2) + (2 * 58 + 58)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 1)), train=False)
+  x = jax.random.uniform(jax.random.key(1), (4, 36, 36, 1))
+  feats, captured = model.apply(variables, x, train=False, features=True,
+                                capture_intermediates=True)
+  pre = captured['intermediates']['Dense_2']['__call__'][0]  # the 2-unit layer's input sum
+  assert feats.shape == (4, 2)
+  np.testing.assert_allclose(feats, models.BOTTLENECK_ACTIVATIONS[activation](pre), rtol=1e-6)
+  assert bool(jnp.all(feats > 0)) if activation == 'softplus' else bool(jnp.all(feats >= 0))
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (4, 58)
+
+
 @pytest.mark.parametrize('impl', ['xla', 'patches'])
 def test_subset_cnn_output_shape_and_dropout(impl):
   model = models.SubsetCNN(num_classes=12, conv_features=(4, 8), dense_features=16,

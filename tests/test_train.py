@@ -94,6 +94,7 @@ def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
     ('batch_size', 0, 'batch_size=0 must be positive'),
     ('subset', 'letters', "subset='letters' is not one of"),
     ('conv_dropout', 1.5, 'conv_dropout=1.5 not in'),
+    ('bottleneck_activation', 'tanh', "bottleneck_activation='tanh' is not one of"),
 ])
 def test_impossible_values_are_refused(field, value, message):
   config = default.get_config()
