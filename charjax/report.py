@@ -129,7 +129,14 @@ def table_markdown(study_dir: pathlib.Path) -> str:
 
 
 def _devanagari_font() -> str | None:
-  for path in font_manager.findSystemFonts():
+  """Registers a Devanagari font with matplotlib and returns its name (None if none found):
+  Noto Sans Devanagari from the `fontpkg-noto-sans-devanagari` dependency, else a system font."""
+  try:
+    import fontpkg_noto_sans_devanagari as noto
+    bundled = sorted(str(p) for p in (noto.ROOT / 'files').glob('*.ttf'))
+  except ImportError:
+    bundled = []
+  for path in bundled + font_manager.findSystemFonts():
     name = pathlib.Path(path).name.lower()
     if any(k in name for k in ('devanagari', 'lohit', 'mangal', 'gargi', 'kalimati')):
       font_manager.fontManager.addfont(path)
