@@ -21,8 +21,8 @@ FIELDS = {
 
 # Fields added after runs had been saved without them, each with the value that reproduces
 # how those runs were trained (no bottleneck, no augmentation).
-ADDED_LATER = {'bottleneck_features': 0, 'bottleneck_activation': 'relu', 'augment': False, 'augment_rotation_degrees': 15.0,
-               'augment_zoom': 0.2}
+ADDED_LATER = {'bottleneck_features': 0, 'bottleneck_activation': 'relu', 'augment': False,
+               'augment_rotation_degrees': 15.0, 'augment_zoom': 0.2}
 
 SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
 

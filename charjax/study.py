@@ -111,7 +111,7 @@ def main(argv):
   try:
     run(flags.FLAGS.workdir, quick=flags.FLAGS.quick, overrides=overrides)
   except train.TrainingInterrupted as e:
-    print(f'charjax: {e} (The study resumes from there when rerun.)', file=sys.stderr)
+    print(f'charjax: {e}', file=sys.stderr)
     sys.exit(128 + int(e.signum))
   except (configuration.ConfigError, baseline.BaselineConfigError, runs.RunError,
           sources.DataNotFoundError, archives.ArchiveError, checkpointing.CheckpointError,
