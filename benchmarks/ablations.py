@@ -5,9 +5,9 @@
 - `relu`: ReLU before max-pooling (as the study writes the network) versus after it
   (charjax: identical output, a quarter of the ReLU's work);
 - `conv`: XLA's convolution (charjax's choice on CPU) versus Winograd's F(2x2, 3x3)
-  algorithm written in jax.numpy (`winograd_conv`: 16 instead of 36 multiplications per
-  2x2 output tile, as 16 batched matrix products, but inputs and outputs expanded 4x by
-  the tile transforms).
+  algorithm written in jax.numpy (`benchmarks.winograd.conv`: 16 instead of 36
+  multiplications per 2x2 output tile, as 16 batched matrix products, but inputs and
+  outputs expanded 4x by the tile transforms).
 
 Lone jitted train step of the exp-2 network, median of `--repeats` calls after a warm-up.
 
@@ -20,10 +20,9 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import timing
+from benchmarks import winograd
 from charjax import conv
 from charjax import models
 
@@ -42,36 +41,6 @@ def _relu_first_pool(pool):
   return lambda x: pool(nn.relu(x))
 
 
-_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
-
-
-def _winograd_input(d):
-  d0, d1, d2, d3 = d  # B^T d for F(2, 3), B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]
-  return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-
-
-def _winograd_output(m):
-  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]  # A^T m, A^T = [[1,1,1,0],[0,1,-1,-1]]
-
-
-def winograd_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`conv.conv_xla` (valid, stride 1, 3x3) by Winograd's F(2x2, 3x3) algorithm."""
-  n, h, w, cin = x.shape
-  ho, wo = h - 2, w - 2
-  th, tw = -(-ho // 2), -(-wo // 2)  # 2x2 output tiles, each from a 4x4 input tile
-  x = jnp.pad(x, ((0, 0), (0, 2 * th + 2 - h), (0, 2 * tw + 2 - w), (0, 0)))
-  rows = _winograd_input([x[:, a:a + 2 * th:2] for a in range(4)])
-  v = jnp.stack([c for r in rows for c in
-                 _winograd_input([r[:, :, b:b + 2 * tw:2] for b in range(4)])])
-  u = jnp.einsum('pi,ijcd,qj->pqcd', _WINOGRAD_G, kernel, _WINOGRAD_G)
-  m = jax.lax.dot_general(v.reshape(16, -1, cin), u.reshape(16, cin, -1),
-                          (((2,), (1,)), ((0,), (0,))))
-  m = m.reshape(4, 4, n, th, tw, -1)
-  y = [_winograd_output(r) for r in _winograd_output(m)]
-  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)  # n, th, 2, tw, 2, cout
-  return y.reshape(n, 2 * th, 2 * tw, -1)[:, :ho, :wo]
-
-
 # choice -> variant -> (module, attribute, replacement looked up when the model is traced)
 VARIANTS = {
     'pool': {'flax nn.max_pool': (models, 'max_pool_2x2', _flax_pool),
@@ -79,7 +48,7 @@ VARIANTS = {
     'relu': {'relu before pool': (models, 'max_pool_2x2',
                                   _relu_first_pool(models.max_pool_2x2)),
              'relu after pool (charjax)': (models, 'max_pool_2x2', models.max_pool_2x2)},
-    'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd_conv),
+    'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd.conv),
              'xla (charjax)': (conv, 'conv_xla', conv.conv_xla)},
 }
 

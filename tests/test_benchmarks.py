@@ -71,20 +71,20 @@ def test_ablations_benchmark_runs(tmp_path):
 
 @pytest.mark.parametrize('shape,features', [((2, 34, 34, 32), 64), ((3, 9, 8, 5), 7),
                                             ((1, 3, 3, 2), 3)])
-def test_winograd_ablation_is_the_same_convolution(shape, features):
+def test_winograd_convolution_is_the_same_convolution(shape, features):
   import jax
   import jax.numpy as jnp
-  from benchmarks import ablations
+  from benchmarks import winograd
   from charjax import conv
   kx, kk = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, shape)
   kernel = jax.random.normal(kk, (3, 3, shape[-1], features)) / 3
-  ref, got = conv.conv_xla(x, kernel), ablations.winograd_conv(x, kernel)
+  ref, got = conv.conv_xla(x, kernel), winograd.conv(x, kernel)
   assert got.shape == ref.shape
   np.testing.assert_allclose(got, ref, atol=1e-4 * float(jnp.abs(ref).max()))
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
   for g_ref, g_got in zip(jax.grad(loss(conv.conv_xla), (0, 1))(x, kernel),
-                          jax.grad(loss(ablations.winograd_conv), (0, 1))(x, kernel)):
+                          jax.grad(loss(winograd.conv), (0, 1))(x, kernel)):
     np.testing.assert_allclose(g_got, g_ref, atol=1e-4 * float(jnp.abs(g_ref).max()))
 
 
