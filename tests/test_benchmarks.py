@@ -57,6 +57,7 @@ def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
   assert result['seconds_total'] >= result['seconds_to_target'] > 0
 
 
+@pytest.mark.slow  # compiles six train steps (~25 s cold); CI runs it with -m slow
 def test_ablations_benchmark_runs(tmp_path):
   out = tmp_path / 'ablations.json'
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.ablations', '--batch=2', '--repeats=1',
@@ -69,9 +70,8 @@ def test_ablations_benchmark_runs(tmp_path):
   assert winograd['mflop_per_image'] < xla['mflop_per_image']  # fewer multiplications
 
 
-@pytest.mark.parametrize('shape,features', [((2, 34, 34, 32), 64), ((3, 9, 8, 5), 7),
-                                            ((1, 3, 3, 2), 3)])
-def test_winograd_convolution_is_the_same_convolution(shape, features):
+def test_winograd_convolution_is_the_same_convolution():
+  shape, features = (2, 9, 8, 5), 7  # a 7x6 output: a padded half tile in one direction
   import jax
   import jax.numpy as jnp
   from benchmarks import winograd

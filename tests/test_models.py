@@ -40,8 +40,8 @@ def test_bottleneck_variant_features_and_parameter_count(activation):
                                bottleneck_activation=activation)
   # The 2-unit layer adds 512 * 2 + 2 weights; the classifier shrinks to 2 * 58 + 58.
   assert param_count(model, 36) == 3_597_722 - (512 * 58 + 58) + (512 * 2 + 2) + (2 * 58 + 58)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 1)), train=False)
-  x = jax.random.uniform(jax.random.key(1), (4, 36, 36, 1))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 12, 12, 1)), train=False)
+  x = jax.random.uniform(jax.random.key(1), (4, 12, 12, 1))
   feats, captured = model.apply(variables, x, train=False, features=True,
                                 capture_intermediates=True)
   pre = captured['intermediates']['Dense_2']['__call__'][0]  # the 2-unit layer's input sum
