@@ -43,19 +43,18 @@ def _read(path: pathlib.Path):
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def _column_results(study_dir: pathlib.Path) -> dict[str, list[dict | None]]:
+  """Per subset, the results behind each of `COLUMNS` (None where the run is missing)."""
+  svc = _read(study_dir / 'exp3/svc/results.json')
+  return {subset: [svc['subsets'][subset] if svc else None,
+                   _read(study_dir / f'exp2/{subset}/results.json'),
+                   _read(study_dir / f'exp1/{subset}/results.json')] for subset in SUBSETS}
+
+
 def measured(study_dir: pathlib.Path) -> dict[str, list[float | None]]:
   """Test accuracy % per subset, in `COLUMNS` order (None where the run is missing)."""
-  svc = _read(study_dir / 'exp3/svc/results.json')
-  table = {}
-  for subset in SUBSETS:
-    exp2 = _read(study_dir / f'exp2/{subset}/results.json')
-    exp1 = _read(study_dir / f'exp1/{subset}/results.json')
-    table[subset] = [
-        100 * svc['subsets'][subset]['test_accuracy'] if svc else None,
-        100 * exp2['test_accuracy'] if exp2 else None,
-        100 * exp1['test_accuracy'] if exp1 else None,
-    ]
-  return table
+  return {subset: [100 * r['test_accuracy'] if r else None for r in columns]
+          for subset, columns in _column_results(study_dir).items()}
 
 
 def _cell(value, study):
@@ -103,12 +102,9 @@ def step_times_markdown(study_dir: pathlib.Path) -> str:
 
 def test_sizes(study_dir: pathlib.Path) -> dict[str, list[int | None]]:
   """Test images per subset, in `COLUMNS` order (None where the run is missing)."""
-  svc = _read(study_dir / 'exp3/svc/results.json')
   sizes = {}
-  for subset in SUBSETS:
-    exp2 = _read(study_dir / f'exp2/{subset}/results.json')
-    exp1 = _read(study_dir / f'exp1/{subset}/results.json')
-    sizes[subset] = [svc['subsets'][subset]['test_size'] if svc else None,
+  for subset, (svc, exp2, exp1) in _column_results(study_dir).items():
+    sizes[subset] = [svc['test_size'] if svc else None,
                      exp2['split_sizes']['test'] if exp2 else None,
                      exp1['cnn_split']['test_size'] if exp1 else None]
   return sizes
