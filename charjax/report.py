@@ -43,6 +43,13 @@ def _read(path: pathlib.Path):
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def _read_metrics(run_dir: pathlib.Path) -> list[dict] | None:
+  path = run_dir / 'metrics.jsonl'
+  if not path.exists():
+    return None
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _column_results(study_dir: pathlib.Path) -> dict[str, list[dict | None]]:
   """Per subset, the results behind each of `COLUMNS` (None where the run is missing)."""
   svc = _read(study_dir / 'exp3/svc/results.json')
@@ -51,10 +58,13 @@ def _column_results(study_dir: pathlib.Path) -> dict[str, list[dict | None]]:
                    _read(study_dir / f'exp1/{subset}/results.json')] for subset in SUBSETS}
 
 
-def measured(study_dir: pathlib.Path) -> dict[str, list[float | None]]:
-  """Test accuracy % per subset, in `COLUMNS` order (None where the run is missing)."""
-  return {subset: [100 * r['test_accuracy'] if r else None for r in columns]
-          for subset, columns in _column_results(study_dir).items()}
+def measured(study_dir: pathlib.Path, columns: dict | None = None
+             ) -> dict[str, list[float | None]]:
+  """Test accuracy % per subset, in `COLUMNS` order (None where the run is missing).
+  `columns`: `_column_results(study_dir)`, if already read."""
+  columns = columns or _column_results(study_dir)
+  return {subset: [100 * r['test_accuracy'] if r else None for r in results]
+          for subset, results in columns.items()}
 
 
 def _cell(value, study):
@@ -77,10 +87,9 @@ def step_times(study_dir: pathlib.Path) -> list[dict]:
       continue
     row = {'step': step, 'wall_clock_s': results['wall_clock_s'],
            'epoch_seconds': None, 'resumed_from_epoch': results.get('resumed_from_epoch')}
-    metrics = study_dir / step / 'metrics.jsonl'
-    if metrics.exists():
-      row['epoch_seconds'] = sum(json.loads(line)['epoch_seconds']
-                                 for line in metrics.read_text().splitlines())
+    metrics = _read_metrics(study_dir / step)
+    if metrics is not None:
+      row['epoch_seconds'] = sum(r['epoch_seconds'] for r in metrics)
     rows.append(row)
   return rows
 
@@ -100,10 +109,12 @@ def step_times_markdown(study_dir: pathlib.Path) -> str:
   return '\n'.join(out)
 
 
-def test_sizes(study_dir: pathlib.Path) -> dict[str, list[int | None]]:
-  """Test images per subset, in `COLUMNS` order (None where the run is missing)."""
+def test_sizes(study_dir: pathlib.Path, columns: dict | None = None
+               ) -> dict[str, list[int | None]]:
+  """Test images per subset, in `COLUMNS` order (None where the run is missing).
+  `columns`: `_column_results(study_dir)`, if already read."""
   sizes = {}
-  for subset, (svc, exp2, exp1) in _column_results(study_dir).items():
+  for subset, (svc, exp2, exp1) in (columns or _column_results(study_dir)).items():
     sizes[subset] = [svc['test_size'] if svc else None,
                      exp2['split_sizes']['test'] if exp2 else None,
                      exp1['cnn_split']['test_size'] if exp1 else None]
@@ -113,11 +124,12 @@ def test_sizes(study_dir: pathlib.Path) -> dict[str, list[int | None]]:
 def table_markdown(study_dir: pathlib.Path) -> str:
   """The study's results table with charjax's figures, the study's and the difference,
   then a row of test-set sizes."""
+  columns = _column_results(study_dir)
   rows = ['| subset | ' + ' | '.join(COLUMNS) + ' |', '|---|---:|---:|---:|']
-  for subset, values in measured(study_dir).items():
+  for subset, values in measured(study_dir, columns).items():
     rows.append(f'| {subset} | ' + ' | '.join(
         _cell(v, s) for v, s in zip(values, STUDY[subset])) + ' |')
-  sizes = test_sizes(study_dir)
+  sizes = test_sizes(study_dir, columns)
   rows.append('| test images | ' + ' | '.join(
       ' / '.join('-' if sizes[s][i] is None else str(sizes[s][i]) for s in SUBSETS)
       for i in range(len(COLUMNS))) + ' |')
@@ -147,10 +159,9 @@ def _labels(names: list[str], font: str | None) -> list[str]:
 
 def learning_curves(run_dir: pathlib.Path, out: pathlib.Path) -> bool:
   """Loss and accuracy per epoch (train and validation) of one training run."""
-  path = run_dir / 'metrics.jsonl'
-  if not path.exists():
+  rows = _read_metrics(run_dir)
+  if rows is None:
     return False
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   epochs = [r['epoch'] for r in rows]
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
   for ax, key in zip(axes, ('loss', 'accuracy')):

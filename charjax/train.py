@@ -304,8 +304,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   best_records = [r for r in records if r['best']]
   best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
   best_epoch = best_records[-1]['epoch'] if best_records else 0
-  throughput = [r['images_per_s'] for r in records]
-  epoch_seconds = [r['epoch_seconds'] for r in records]
   with open(workdir / 'metrics.jsonl', 'w') as metrics_file, _StopSignals() as stop:
     for record in records:
       metrics_file.write(json.dumps(record) + '\n')
@@ -335,8 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
                 'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
                 'best': improved}
-      throughput.append(record['images_per_s'])
-      epoch_seconds.append(seconds)
+      records.append(record)
       metrics_file.write(json.dumps(record) + '\n')
       metrics_file.flush()
       # After the metrics line: a resume drops lines past the latest checkpoint.
@@ -361,6 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   test = _summarise(jax.device_get(test))
   confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
   per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  throughput = [r['images_per_s'] for r in records]
   results = {
       'dataset': config.dataset, 'subset': config.subset, 'model': config.model,
       'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
@@ -369,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
       'confusion_matrix': confusion.tolist(),
       'train_images_per_s': float(np.median(throughput[1:] or throughput)),
-      'train_seconds': float(sum(epoch_seconds)), 'resumed_from_epoch': done,
+      'train_seconds': float(sum(r['epoch_seconds'] for r in records)),
+      'resumed_from_epoch': done,
       'wall_clock_s': time.time() - start, 'device': _device_info(),
   }
   (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
