@@ -9,12 +9,16 @@
   multiplications per 2x2 output tile, as 16 batched matrix products, but inputs and
   outputs expanded 4x by the tile transforms).
 
-Lone jitted train step of the exp-2 network, median of `--repeats` calls after a warm-up.
+Lone jitted train step of the exp-2 network; the variants of a choice are timed in turns
+(`timing.interleaved`), `--repeats` rounds, medians reported.
 
   python -m benchmarks.ablations --batch=800 --out=runs/bench/ablations.json
 """
 
 from __future__ import annotations
+
+import functools
+import statistics
 
 from absl import app
 from absl import flags
@@ -28,6 +32,8 @@ from charjax import models
 
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
+_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv'],
+                               'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
 
@@ -55,22 +61,30 @@ VARIANTS = {
 
 def main(argv):
   del argv
+  unknown = set(_CHOICES.value) - set(VARIANTS)
+  if unknown:
+    raise app.UsageError(f'Unknown --choices {sorted(unknown)}: expected some of {list(VARIANTS)}.')
   rows = []
-  for choice, variants in VARIANTS.items():
-    for name, (module, attribute, replacement) in variants.items():
+  for choice in _CHOICES.value:
+    calls, flops = {}, {}
+    for name, (module, attribute, replacement) in VARIANTS[choice].items():
       original = getattr(module, attribute)
       setattr(module, attribute, replacement)
       try:
         jax.clear_caches()  # equal modules would otherwise reuse the previous trace
         fn, args, images = timing.model_functions('exp2', _BATCH.value, 'xla')['train_step']
-        compiled, _, flops = timing.compile_and_flops(fn, *args)
-        seconds = timing.timed(compiled, *args, repeats=_REPEATS.value)
+        compiled, _, flops[name] = timing.compile_and_flops(fn, *args)
       finally:
         setattr(module, attribute, original)
+      calls[name] = functools.partial(compiled, *args)
+    times = timing.interleaved(calls, rounds=_REPEATS.value)
+    for name, seconds in times.items():
+      median = statistics.median(seconds)
       rows.append({'choice': choice, 'variant': name, 'batch': _BATCH.value,
-                   'ms': seconds * 1e3, 'images_per_s': images / seconds,
-                   'mflop_per_image': flops / images / 1e6 if flops else None})
-      print(f'{choice:<6}{name:<28}{seconds * 1e3:>10.1f} ms{images / seconds:>10.1f} img/s'
+                   'ms': median * 1e3, 'images_per_s': images / median,
+                   'ms_per_round': [round(t * 1e3, 1) for t in seconds],
+                   'mflop_per_image': flops[name] / images / 1e6 if flops[name] else None})
+      print(f'{choice:<6}{name:<28}{median * 1e3:>10.1f} ms{images / median:>10.1f} img/s'
             f'{rows[-1]["mflop_per_image"] or float("nan"):>10.1f} MFLOP/img', flush=True)
   timing.write_json(_OUT.value, {'backend': jax.default_backend(), 'rows': rows})
 

@@ -1,12 +1,14 @@
 """charjax's train step side by side with the same models in Keras 3 (TensorFlow) and PyTorch.
 
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
-timed the same way (median of `--repeats` calls after a warm-up, synchronised). Two
-charjax rows: the lone jitted `train_step`, and `(epoch)`, the per-batch time of
-`train.train_epoch` over `timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle,
-gather and steps compiled together). The speedup column divides each peer's step time by
-charjax's step, then by its epoch row. The peers are optional: `pip install -e '.[peers]'`;
-a missing one is reported and skipped.
+timed the same way and in turns (`timing.interleaved`: after a warm-up, each of `--repeats`
+rounds times every framework once, synchronised), so that all of them see the same drift
+of a shared machine. Two charjax rows: the lone jitted `train_step`, and `(epoch)`, the
+per-batch time of `train.train_epoch` over `timing.EPOCH_STEPS` batches (what
+`charjax.train` runs: shuffle, gather and steps compiled together). Times are medians over
+rounds; the speedup column is the median over rounds of the peer's time divided by
+charjax's step, then by its epoch row. The peers are optional: `pip install -e
+'.[peers]'`; a missing one is reported and skipped.
 
   python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
@@ -109,38 +111,39 @@ def main(argv):
   for name in _MODELS.value:
     for batch in map(int, _BATCH_SIZES.value):
       fns = timing.model_functions(name, batch)
-      fn, args, _ = fns['train_step']
-      compiled, _, _ = timing.compile_and_flops(fn, *args)
-      ours = timing.timed(compiled, *args, repeats=_REPEATS.value)
-      params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(args[0].params))
-      rows.append({'model': name, 'framework': 'charjax', 'batch': batch, 'ms': ours * 1e3,
-                   'images_per_s': batch / ours, 'params': params})
-      print(f'{name:<7}{"charjax":<10}{batch:>6}{ours * 1e3:>10.1f}{batch / ours:>10.1f}'
-            f'{params:>11}')
+      step_fn, step_args, _ = fns['train_step']
+      step = timing.compile_and_flops(step_fn, *step_args)[0]
       # charjax's training loop, per batch: what `train.train_epoch` achieves per step.
-      fn, args, images = fns['epoch']
-      compiled, _, _ = timing.compile_and_flops(fn, *args)
-      per_batch = timing.timed(compiled, *args, repeats=_REPEATS.value) * batch / images
-      rows.append({'model': name, 'framework': 'charjax-epoch', 'batch': batch,
-                   'ms': per_batch * 1e3, 'images_per_s': batch / per_batch, 'params': params})
-      print(f'{name:<7}{"(epoch)":<10}{batch:>6}{per_batch * 1e3:>10.1f}'
-            f'{batch / per_batch:>10.1f}{params:>11}')
+      epoch_fn, epoch_args, images = fns['epoch']
+      epoch = timing.compile_and_flops(epoch_fn, *epoch_args)[0]
+      calls = {'charjax': lambda: step(*step_args), 'charjax-epoch': lambda: epoch(*epoch_args)}
+      scale = {'charjax-epoch': batch / images}
+      params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(step_args[0].params))
       for peer in _PEERS.value:
         try:
-          step, peer_params = PEERS[peer](name, batch)
+          calls[peer], peer_params = PEERS[peer](name, batch)
         except ImportError as e:
           print(f'{name:<7}{peer:<10} not installed ({e}); pip install -e ".[peers]"')
           continue
         if peer_params != params:
           raise AssertionError(f'{peer} {name} has {peer_params} parameters, charjax {params}.')
-        seconds = timing.timed(step, repeats=_REPEATS.value)
-        rows.append({'model': name, 'framework': peer, 'batch': batch, 'ms': seconds * 1e3,
-                     'images_per_s': batch / seconds, 'params': peer_params,
-                     'charjax_speedup': seconds / ours,
-                     'charjax_epoch_speedup': seconds / per_batch})
-        print(f'{name:<7}{peer:<10}{batch:>6}{seconds * 1e3:>10.1f}{batch / seconds:>10.1f}'
-              f'{peer_params:>11}{seconds / ours:>16.2f}x (epoch {seconds / per_batch:.2f}x)',
-              flush=True)
+      times = timing.interleaved(calls, rounds=_REPEATS.value)
+      times = {k: np.asarray(v) * scale.get(k, 1.0) for k, v in times.items()}
+      for framework, seconds in times.items():
+        median = float(np.median(seconds))
+        row = {'model': name, 'framework': framework, 'batch': batch, 'ms': median * 1e3,
+               'images_per_s': batch / median, 'params': params,
+               'ms_per_round': (seconds * 1e3).round(1).tolist()}
+        label = '(epoch)' if framework == 'charjax-epoch' else framework
+        line = (f'{name:<7}{label:<10}{batch:>6}'
+                f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params:>11}')
+        if not framework.startswith('charjax'):
+          # Round by round: both sides of each ratio saw the same state of the machine.
+          row['charjax_speedup'] = float(np.median(seconds / times['charjax']))
+          row['charjax_epoch_speedup'] = float(np.median(seconds / times['charjax-epoch']))
+          line += f'{row["charjax_speedup"]:>16.2f}x (epoch {row["charjax_epoch_speedup"]:.2f}x)'
+        rows.append(row)
+        print(line, flush=True)
   timing.write_json(_OUT.value, {'backend': jax.default_backend(),
                                  'device_kind': jax.devices()[0].device_kind, 'rows': rows})
 

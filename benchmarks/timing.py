@@ -44,6 +44,26 @@ def timed(fn, *args, repeats: int) -> float:
   return statistics.median(times)
 
 
+def interleaved(calls: dict, rounds: int, pause: float = 0.05) -> dict[str, list[float]]:
+  """Seconds of each call in `calls` ({name: no-argument callable}), timed in turns.
+
+  Every call runs once as a warm-up, then `rounds` rounds each time every call once, in
+  order, synchronised, with `pause` seconds between calls (so that one framework's
+  spinning worker threads settle before the next is timed). Timing in turns lets every
+  call see the same drift of a shared machine; compare calls round by round.
+  """
+  for call in calls.values():
+    jax.block_until_ready(call())
+  times = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      time.sleep(pause)
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
 def compile_and_flops(fn, *args):
   """(compiled, compile seconds, FLOPs per call from XLA's cost analysis)."""
   start = time.perf_counter()
