@@ -1,9 +1,9 @@
 """charjax's train step side by side with the same models in Keras 3 (TensorFlow) and PyTorch.
 
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
-timed the same way and in turns (`timing.interleaved`: after a warm-up, each of `--repeats`
-rounds times every framework once, synchronised), so that all of them see the same drift
-of a shared machine. Two charjax rows: the lone jitted `train_step`, and `(epoch)`, the
+timed the same way: each framework in its own process, in turns (`time_in_isolation`:
+after a warm-up, each of `--repeats` rounds times every framework once, synchronised), so
+that all of them see the same drift of a shared machine. Two charjax rows: the lone jitted `train_step`, and `(epoch)`, the
 per-batch time of `train.train_epoch` over `timing.EPOCH_STEPS` batches (what
 `charjax.train` runs: shuffle, gather and steps compiled together). Times are medians over
 rounds; the speedup column is the median over rounds of the peer's time divided by
@@ -15,7 +15,9 @@ charjax's step, then by its epoch row. The peers are optional: `pip install -e
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 
 from absl import app
 from absl import flags
@@ -100,7 +102,84 @@ def torch_step(name: str, batch: int):
   return step, sum(p.numel() for p in model.parameters())
 
 
-PEERS = {'keras': keras_step, 'torch': torch_step}
+def charjax_calls(name: str, batch: int):
+  """({'charjax': lone train step, 'charjax-epoch': one batch of an epoch}, parameter count).
+
+  Each entry is (no-argument callable, factor turning its seconds into seconds per batch).
+  """
+  fns = timing.model_functions(name, batch)
+  step_fn, step_args, _ = fns['train_step']
+  step = timing.compile_and_flops(step_fn, *step_args)[0]
+  # charjax's training loop, per batch: what `train.train_epoch` achieves per step.
+  epoch_fn, epoch_args, images = fns['epoch']
+  epoch = timing.compile_and_flops(epoch_fn, *epoch_args)[0]
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(step_args[0].params))
+  return {'charjax': (lambda: step(*step_args), 1.0),
+          'charjax-epoch': (lambda: epoch(*epoch_args), batch / images)}, params
+
+
+def _single(builder):
+  def calls(name, batch):
+    step, params = builder(name, batch)
+    return {builder.__name__.split('_')[0]: (step, 1.0)}, params
+  return calls
+
+
+FRAMEWORKS = {'charjax': charjax_calls, 'keras': _single(keras_step),
+              'torch': _single(torch_step)}
+
+
+def _serve(conn, framework: str, name: str, batch: int) -> None:
+  """Worker process: builds `framework`'s calls, warms them up, then times one per request."""
+  try:
+    calls, params = FRAMEWORKS[framework](name, batch)
+  except ImportError as e:
+    conn.send(('missing', str(e)))
+    return
+  for call, _ in calls.values():
+    jax.block_until_ready(call())
+  conn.send(('ready', params, list(calls)))
+  for label in iter(conn.recv, None):
+    call, per_batch = calls[label]
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    conn.send((time.perf_counter() - start) * per_batch)
+
+
+def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: float = 0.05):
+  """({label: seconds per batch, one per round}, {framework: parameter count}).
+
+  Every framework runs in its own process (loading TensorFlow and PyTorch beside JAX slowed
+  charjax's epoch by ~20% here), built and warmed up one after another; then each round
+  asks every process in turn for one timed call while the others wait idle, so that all
+  of them see the same drift of a shared machine.
+  """
+  context = multiprocessing.get_context('spawn')
+  workers, params, times = [], {}, {}
+  try:
+    for framework in frameworks:
+      conn, child = context.Pipe()
+      process = context.Process(target=_serve, args=(child, framework, name, batch),
+                                daemon=True)
+      process.start()
+      workers.append((conn, process))
+      reply = conn.recv()
+      if reply[0] == 'missing':
+        print(f'{name:<7}{framework:<10} not installed ({reply[1]}); pip install -e ".[peers]"')
+        continue
+      params[framework] = reply[1]
+      times.update({label: (conn, []) for label in reply[2]})
+    for _ in range(rounds):
+      for label, (conn, seconds) in times.items():
+        time.sleep(pause)
+        conn.send(label)
+        seconds.append(conn.recv())
+    return {label: seconds for label, (_, seconds) in times.items()}, params
+  finally:
+    for conn, process in workers:
+      if process.is_alive():
+        conn.send(None)
+      process.join(timeout=30)
 
 
 def main(argv):
@@ -110,34 +189,21 @@ def main(argv):
         f'{"charjax speedup":>17}')
   for name in _MODELS.value:
     for batch in map(int, _BATCH_SIZES.value):
-      fns = timing.model_functions(name, batch)
-      step_fn, step_args, _ = fns['train_step']
-      step = timing.compile_and_flops(step_fn, *step_args)[0]
-      # charjax's training loop, per batch: what `train.train_epoch` achieves per step.
-      epoch_fn, epoch_args, images = fns['epoch']
-      epoch = timing.compile_and_flops(epoch_fn, *epoch_args)[0]
-      calls = {'charjax': lambda: step(*step_args), 'charjax-epoch': lambda: epoch(*epoch_args)}
-      scale = {'charjax-epoch': batch / images}
-      params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(step_args[0].params))
-      for peer in _PEERS.value:
-        try:
-          calls[peer], peer_params = PEERS[peer](name, batch)
-        except ImportError as e:
-          print(f'{name:<7}{peer:<10} not installed ({e}); pip install -e ".[peers]"')
-          continue
-        if peer_params != params:
-          raise AssertionError(f'{peer} {name} has {peer_params} parameters, charjax {params}.')
-      times = timing.interleaved(calls, rounds=_REPEATS.value)
-      times = {k: np.asarray(v) * scale.get(k, 1.0) for k, v in times.items()}
-      for framework, seconds in times.items():
+      times, params = time_in_isolation(['charjax', *_PEERS.value], name, batch,
+                                        _REPEATS.value)
+      for framework, count in params.items():
+        if count != params['charjax']:
+          raise AssertionError(f'{framework} {name} has {count} parameters, '
+                               f'charjax {params["charjax"]}.')
+      times = {label: np.asarray(seconds) for label, seconds in times.items()}
+      for label, seconds in times.items():
         median = float(np.median(seconds))
-        row = {'model': name, 'framework': framework, 'batch': batch, 'ms': median * 1e3,
-               'images_per_s': batch / median, 'params': params,
+        row = {'model': name, 'framework': label, 'batch': batch, 'ms': median * 1e3,
+               'images_per_s': batch / median, 'params': params['charjax'],
                'ms_per_round': (seconds * 1e3).round(1).tolist()}
-        label = '(epoch)' if framework == 'charjax-epoch' else framework
-        line = (f'{name:<7}{label:<10}{batch:>6}'
-                f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params:>11}')
-        if not framework.startswith('charjax'):
+        line = (f'{name:<7}{"(epoch)" if label == "charjax-epoch" else label:<10}{batch:>6}'
+                f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params["charjax"]:>11}')
+        if not label.startswith('charjax'):
           # Round by round: both sides of each ratio saw the same state of the machine.
           row['charjax_speedup'] = float(np.median(seconds / times['charjax']))
           row['charjax_epoch_speedup'] = float(np.median(seconds / times['charjax-epoch']))
