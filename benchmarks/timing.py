@@ -74,12 +74,37 @@ def compile_and_flops(fn, *args):
   return compiled, seconds, float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def matmul_reference(size: int, repeats: int) -> dict:
-  """GFLOP/s of a jitted float32 (size x size) @ (size x size): the machine's reference."""
+def matmul_call(size: int):
+  """(no-argument callable, FLOPs per call): a jitted float32 (size x size) @ (size x size)."""
   a = jax.random.normal(jax.random.key(0), (size, size))
   compiled, _, _ = compile_and_flops(lambda a, b: a @ b, a, a)
-  seconds = timed(compiled, a, a, repeats=repeats)
-  return {'size': size, 'seconds': seconds, 'gflops': 2 * size ** 3 / seconds / 1e9}
+  return (lambda: compiled(a, a)), 2 * size ** 3
+
+
+def matmul_reference(size: int, repeats: int) -> dict:
+  """GFLOP/s of a jitted float32 (size x size) @ (size x size): the machine's reference."""
+  call, flops = matmul_call(size)
+  seconds = timed(call, repeats=repeats)
+  return {'size': size, 'seconds': seconds, 'gflops': flops / seconds / 1e9}
+
+
+def conv_layer_passes(batch: int, side: int, cin: int, cout: int, input_grad: bool):
+  """{pass name: (function, arguments)}: a 3x3 valid convolution's forward pass and gradients.
+
+  `batch` images of `side` x `side` x `cin` into `cout` channels; 'input grad' only where
+  `input_grad` (a first layer's input is the data).
+  """
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (batch, side, side, cin))
+  kernel = jax.random.normal(keys[1], (3, 3, cin, cout))
+  grad = jax.random.normal(keys[2], (batch, side - 2, side - 2, cout))
+  passes = {'forward': (conv.conv_xla, (x, kernel)),
+            'weight grad': (lambda x, k, g: jax.vjp(lambda k: conv.conv_xla(x, k), k)[1](g)[0],
+                            (x, kernel, grad))}
+  if input_grad:
+    passes['input grad'] = (
+        lambda x, k, g: jax.vjp(lambda x: conv.conv_xla(x, k), x)[1](g)[0], (x, kernel, grad))
+  return passes
 
 
 def model_functions(name: str, batch: int, conv_impl: str = 'auto'):

@@ -4,7 +4,9 @@ For each model, convolution implementation and batch size: compile time, then th
 of `--repeats` timed calls (after a warm-up call, each ending in `block_until_ready`);
 ms per call, images/s, achieved GFLOP/s (FLOPs from XLA's cost analysis of the compiled
 function; an epoch counts its train steps' FLOPs) and that as a fraction of a plain jitted
-matrix product timed in the same run. 'epoch' is `train.train_epoch` over
+matrix product timed in turns with it (`timing.interleaved`: `--repeats` rounds each time
+the function, then the matmul; the fraction is the median of the rounds' ratios, since
+this machine's matmul speed alone drifted from 125 to 173 GFLOP/s between runs). 'epoch' is `train.train_epoch` over
 `timing.EPOCH_STEPS` batches: what training really runs.
 Prints a table and writes JSON (backend and device recorded). Works on CPU and GPU.
 
@@ -12,6 +14,9 @@ Prints a table and writes JSON (backend and device recorded). Works on CPU and G
 """
 
 from __future__ import annotations
+
+import functools
+import statistics
 
 from absl import app
 from absl import flags
@@ -32,6 +37,7 @@ def main(argv):
   del argv
   device = jax.devices()[0]
   reference = timing.matmul_reference(_MATMUL.value, _REPEATS.value)
+  matmul, matmul_flops = timing.matmul_call(_MATMUL.value)
   print(f'backend {jax.default_backend()}  device {device.device_kind}  '
         f'matmul {reference["size"]}^3 reference: {reference["gflops"]:.1f} GFLOP/s')
   rows = []
@@ -52,11 +58,16 @@ def main(argv):
           flops = step_flops * images / batch
         elif name == 'train_step':
           step_flops = flops
-        seconds = timing.timed(compiled, *args, repeats=_REPEATS.value)
+        # In turns with the matmul: each round's fraction compares the same machine state.
+        times = timing.interleaved({'fn': functools.partial(compiled, *args), 'mm': matmul},
+                                   rounds=_REPEATS.value)
+        seconds = statistics.median(times['fn'])
         row = {'model': model, 'conv_impl': impl, 'function': name, 'batch': batch,
                'ms': seconds * 1e3, 'images_per_s': images / seconds,
-               'gflops': flops / seconds / 1e9, 'compile_s': compile_s}
-        row['fraction_of_matmul'] = row['gflops'] / reference['gflops']
+               'gflops': flops / seconds / 1e9, 'compile_s': compile_s,
+               'matmul_gflops': statistics.median(matmul_flops / t / 1e9 for t in times['mm']),
+               'fraction_of_matmul': statistics.median(
+                   t_mm * flops / (t * matmul_flops) for t, t_mm in zip(times['fn'], times['mm']))}
         rows.append(row)
         print(f'{model:<10}{impl:<9}{name:<12}{batch:>6}{row["ms"]:>10.1f}'
               f'{row["images_per_s"]:>10.1f}{row["gflops"]:>9.1f}'

@@ -42,6 +42,35 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   assert all(r['params'] == 3_597_722 for r in rows)
 
 
+def test_conv_layers_benchmark_times_every_pass_of_every_layer(tmp_path):
+  out = tmp_path / 'conv_layers.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.conv_layers', '--models=exp2', '--batch=2',
+       '--repeats=1', '--matmul_size=64', f'--out={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(out.read_text())['rows']
+  # The first layer's input is the data: no input gradient.
+  assert [(r['layer'], r['pass']) for r in rows] == [
+      ('36x36x1->32', 'forward'), ('36x36x1->32', 'weight grad'),
+      ('34x34x32->64', 'forward'), ('34x34x32->64', 'weight grad'),
+      ('34x34x32->64', 'input grad')]
+  assert all(r['gflops'] > 0 and r['ms'] > 0 for r in rows)
+
+
+def test_conv_layer_passes_are_the_convolution_and_its_gradients():
+  from benchmarks import timing
+  import jax
+  passes = timing.conv_layer_passes(2, 6, 3, 4, input_grad=True)
+  x, kernel, grad = passes['input grad'][1]
+  out, vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, kernel)
+  dx, dk = vjp(grad)
+  np.testing.assert_allclose(passes['forward'][0](x, kernel), out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(passes['weight grad'][0](x, kernel, grad), dk, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(passes['input grad'][0](x, kernel, grad), dx, rtol=1e-5, atol=1e-5)
+
+
 def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
   out = tmp_path / 'tta.json'
@@ -96,3 +125,13 @@ def test_svc_grid_benchmark_compares_equal_searches():
   row = svc_grid.compare(x, y, C=[1, 10], gamma=[0.01, 0.1, 1], folds=3)
   assert row['samples'] == 90 and row['same_best_params']
   assert row['cells_differing'] == [] and row['max_cv_accuracy_gap'] < 1e-12 and row['sklearn_s'] > 0 and row['charjax_s'] > 0
+
+
+def test_interleaved_times_every_call_once_per_round_after_a_warm_up():
+  from benchmarks import timing
+  order = []
+  calls = {'a': lambda: order.append('a'), 'b': lambda: order.append('b')}
+  times = timing.interleaved(calls, rounds=3, pause=0.0)
+  assert order == ['a', 'b'] * 4  # warm-up, then three rounds in turn
+  assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+  assert all(t >= 0 for v in times.values() for t in v)
