@@ -4,9 +4,10 @@ For every 3x3 convolution of the exp-2 and exp-3 networks at `--batch` (shapes a
 model at the study's 36x36 input), times XLA's forward convolution, its input gradient (not
 for the first layer, whose input is the data) and its weight gradient, each compiled alone,
 with analytic FLOPs (2 * output pixels * 9 * in * out channels per image) as GFLOP/s and
-as a fraction of a jitted matrix product timed in the same run. The variants of one layer
-are timed in turns (`timing.interleaved`). The `sum` column adds a layer's passes: the
-floor of that layer's share of a train step with XLA's convolution.
+as a fraction of a jitted matrix product: a layer's passes and the matmul are timed in
+turns (`timing.interleaved`), and the fraction is the median of the rounds' ratios. The
+`sum` row adds a layer's passes: that layer's share of a train step with XLA's
+convolution, before any fusion.
 
   python -m benchmarks.conv_layers --batch=800 --out=runs/bench/conv_layers.json
 """
@@ -38,6 +39,7 @@ LAYERS = {
 def main(argv):
   del argv
   reference = timing.matmul_reference(_MATMUL.value, _REPEATS.value)
+  matmul, matmul_flops = timing.matmul_call(_MATMUL.value)
   print(f'backend {jax.default_backend()}  matmul {reference["size"]}^3 reference: '
         f'{reference["gflops"]:.1f} GFLOP/s')
   print(f'{"model":<6}{"layer":<16}{"pass":<13}{"ms":>9}{"GFLOP/s":>9}{"of mm":>7}')
@@ -47,7 +49,8 @@ def main(argv):
       flops = 2 * (side - 2) ** 2 * 9 * cin * cout * _BATCH.value
       passes = timing.conv_layer_passes(_BATCH.value, side, cin, cout, input_grad=i > 0)
       calls = {name: functools.partial(jax.jit(fn), *args) for name, (fn, args) in passes.items()}
-      times = timing.interleaved(calls, rounds=_REPEATS.value)
+      times = timing.interleaved({**calls, 'matmul': matmul}, rounds=_REPEATS.value)
+      matmul_seconds = times.pop('matmul')
       layer = f'{side}x{side}x{cin}->{cout}'
       total = 0.0
       for name, seconds in times.items():
@@ -55,7 +58,9 @@ def main(argv):
         total += median
         rows.append({'model': model, 'layer': layer, 'pass': name, 'batch': _BATCH.value,
                      'ms': median * 1e3, 'gflops': flops / median / 1e9,
-                     'fraction_of_matmul': flops / median / 1e9 / reference['gflops']})
+                     'fraction_of_matmul': statistics.median(
+                         t_mm * flops / (t * matmul_flops)
+                         for t, t_mm in zip(seconds, matmul_seconds))})
         print(f'{model:<6}{layer:<16}{name:<13}{median * 1e3:>9.1f}{rows[-1]["gflops"]:>9.1f}'
               f'{rows[-1]["fraction_of_matmul"]:>7.2f}', flush=True)
       print(f'{model:<6}{layer:<16}{"sum":<13}{total * 1e3:>9.1f}')
