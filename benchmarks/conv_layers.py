@@ -58,9 +58,8 @@ def main(argv):
         total += median
         rows.append({'model': model, 'layer': layer, 'pass': name, 'batch': _BATCH.value,
                      'ms': median * 1e3, 'gflops': flops / median / 1e9,
-                     'fraction_of_matmul': statistics.median(
-                         t_mm * flops / (t * matmul_flops)
-                         for t, t_mm in zip(seconds, matmul_seconds))})
+                     'fraction_of_matmul': timing.fraction_of_matmul(
+                         seconds, matmul_seconds, flops, matmul_flops)})
         print(f'{model:<6}{layer:<16}{name:<13}{median * 1e3:>9.1f}{rows[-1]["gflops"]:>9.1f}'
               f'{rows[-1]["fraction_of_matmul"]:>7.2f}', flush=True)
       print(f'{model:<6}{layer:<16}{"sum":<13}{total * 1e3:>9.1f}')

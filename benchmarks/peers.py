@@ -3,8 +3,9 @@
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
 timed the same way: each framework in its own process, in turns (`time_in_isolation`:
 after a warm-up, each of `--repeats` rounds times every framework once, synchronised), so
-that all of them see the same drift of a shared machine. Two charjax rows: the lone jitted `train_step`, and `(epoch)`, the
-per-batch time of `train.train_epoch` over `timing.EPOCH_STEPS` batches (what
+that all of them see the same drift of a shared machine. Two charjax rows: the lone
+jitted `train_step`, and `(epoch)`, the per-batch time of `train.train_epoch` over
+`timing.EPOCH_STEPS` batches (what
 `charjax.train` runs: shuffle, gather and steps compiled together). Times are medians over
 rounds; the speedup column is the median over rounds of the peer's time divided by
 charjax's step, then by its epoch row. The peers are optional: `pip install -e
@@ -118,21 +119,17 @@ def charjax_calls(name: str, batch: int):
           'charjax-epoch': (lambda: epoch(*epoch_args), batch / images)}, params
 
 
-def _single(builder):
-  def calls(name, batch):
-    step, params = builder(name, batch)
-    return {builder.__name__.split('_')[0]: (step, 1.0)}, params
-  return calls
-
-
-FRAMEWORKS = {'charjax': charjax_calls, 'keras': _single(keras_step),
-              'torch': _single(torch_step)}
+PEERS = {'keras': keras_step, 'torch': torch_step}
 
 
 def _serve(conn, framework: str, name: str, batch: int) -> None:
   """Worker process: builds `framework`'s calls, warms them up, then times one per request."""
   try:
-    calls, params = FRAMEWORKS[framework](name, batch)
+    if framework == 'charjax':
+      calls, params = charjax_calls(name, batch)
+    else:
+      step, params = PEERS[framework](name, batch)
+      calls = {framework: (step, 1.0)}
   except ImportError as e:
     conn.send(('missing', str(e)))
     return
@@ -184,6 +181,9 @@ def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: flo
 
 def main(argv):
   del argv
+  unknown = set(_PEERS.value) - set(PEERS)
+  if unknown:
+    raise app.UsageError(f'Unknown --peers {sorted(unknown)}: expected some of {list(PEERS)}.')
   rows = []
   print(f'{"model":<7}{"framework":<10}{"batch":>6}{"ms":>10}{"img/s":>10}{"params":>11}'
         f'{"charjax speedup":>17}')

@@ -81,6 +81,12 @@ def matmul_call(size: int):
   return (lambda: compiled(a, a)), 2 * size ** 3
 
 
+def fraction_of_matmul(seconds, matmul_seconds, flops: float, matmul_flops: float) -> float:
+  """Median over rounds of (FLOP/s of a call) / (FLOP/s of the matmul timed in that round)."""
+  return statistics.median(t_mm * flops / (t * matmul_flops)
+                           for t, t_mm in zip(seconds, matmul_seconds))
+
+
 def matmul_reference(size: int, repeats: int) -> dict:
   """GFLOP/s of a jitted float32 (size x size) @ (size x size): the machine's reference."""
   call, flops = matmul_call(size)

@@ -6,8 +6,8 @@ ms per call, images/s, achieved GFLOP/s (FLOPs from XLA's cost analysis of the c
 function; an epoch counts its train steps' FLOPs) and that as a fraction of a plain jitted
 matrix product timed in turns with it (`timing.interleaved`: `--repeats` rounds each time
 the function, then the matmul; the fraction is the median of the rounds' ratios, since
-this machine's matmul speed alone drifted from 125 to 173 GFLOP/s between runs). 'epoch' is `train.train_epoch` over
-`timing.EPOCH_STEPS` batches: what training really runs.
+this machine's matmul speed alone drifted from 122 to 173 GFLOP/s between runs). 'epoch'
+is `train.train_epoch` over `timing.EPOCH_STEPS` batches: what training really runs.
 Prints a table and writes JSON (backend and device recorded). Works on CPU and GPU.
 
   python -m benchmarks.train_step --batch_sizes=1,128,400,800 --out=runs/bench/train_step.json
@@ -66,8 +66,8 @@ def main(argv):
                'ms': seconds * 1e3, 'images_per_s': images / seconds,
                'gflops': flops / seconds / 1e9, 'compile_s': compile_s,
                'matmul_gflops': statistics.median(matmul_flops / t / 1e9 for t in times['mm']),
-               'fraction_of_matmul': statistics.median(
-                   t_mm * flops / (t * matmul_flops) for t, t_mm in zip(times['fn'], times['mm']))}
+               'fraction_of_matmul': timing.fraction_of_matmul(times['fn'], times['mm'], flops,
+                                                               matmul_flops)}
         rows.append(row)
         print(f'{model:<10}{impl:<9}{name:<12}{batch:>6}{row["ms"]:>10.1f}'
               f'{row["images_per_s"]:>10.1f}{row["gflops"]:>9.1f}'

@@ -135,3 +135,9 @@ def test_interleaved_times_every_call_once_per_round_after_a_warm_up():
   assert order == ['a', 'b'] * 4  # warm-up, then three rounds in turn
   assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
   assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_fraction_of_matmul_is_the_median_of_per_round_ratios():
+  from benchmarks import timing
+  # Rounds: (10 / 1) / (20 / 0.5) = 0.25, (10 / 2) / (20 / 0.5) = 0.125, (10 / 1) / (20 / 1) = 0.5
+  assert timing.fraction_of_matmul([1, 2, 1], [0.5, 0.5, 1], 10, 20) == 0.25
