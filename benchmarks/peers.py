@@ -3,13 +3,15 @@
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
 timed the same way: each framework in its own process, in turns (`time_in_isolation`:
 after a warm-up, each of `--repeats` rounds times every framework once, synchronised), so
-that all of them see the same drift of a shared machine. Two charjax rows: the lone
-jitted `train_step`, and `(epoch)`, the per-batch time of `train.train_epoch` over
-`timing.EPOCH_STEPS` batches (what
-`charjax.train` runs: shuffle, gather and steps compiled together). Times are medians over
+that all of them see the same drift of a shared machine. Three charjax rows: the lone
+jitted `train_step`; `(epoch)`, the per-batch time of `train.train_epoch` over
+`timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle, gather and steps compiled
+together); and `(bound)`, the time the train step's FLOPs (XLA's cost analysis) would take
+at the rate of a float32 matmul timed in the same rounds: the step's time if every
+operation in it ran as fast as XLA multiplies large matrices. Times are medians over
 rounds; the speedup column is the median over rounds of the peer's time divided by
-charjax's step, then by its epoch row. The peers are optional: `pip install -e
-'.[peers]'`; a missing one is reported and skipped.
+charjax's step, then by its epoch and bound rows. The peers are optional:
+`pip install -e '.[peers]'`; a missing one is reported and skipped.
 
   python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
@@ -31,6 +33,7 @@ _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['400', '800'], 'Batch sizes.')
 _PEERS = flags.DEFINE_list('peers', ['keras', 'torch'], 'Peer frameworks to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
+_MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference matrix product.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
 SIZE, RHO, EPS = timing.IMAGE_SIZE, 0.9, 1e-8
@@ -103,30 +106,14 @@ def torch_step(name: str, batch: int):
   return step, sum(p.numel() for p in model.parameters())
 
 
-def charjax_calls(name: str, batch: int):
-  """({'charjax': lone train step, 'charjax-epoch': one batch of an epoch}, parameter count).
-
-  Each entry is (no-argument callable, factor turning its seconds into seconds per batch).
-  """
-  fns = timing.model_functions(name, batch)
-  step_fn, step_args, _ = fns['train_step']
-  step = timing.compile_and_flops(step_fn, *step_args)[0]
-  # charjax's training loop, per batch: what `train.train_epoch` achieves per step.
-  epoch_fn, epoch_args, images = fns['epoch']
-  epoch = timing.compile_and_flops(epoch_fn, *epoch_args)[0]
-  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(step_args[0].params))
-  return {'charjax': (lambda: step(*step_args), 1.0),
-          'charjax-epoch': (lambda: epoch(*epoch_args), batch / images)}, params
-
-
 PEERS = {'keras': keras_step, 'torch': torch_step}
 
 
-def _serve(conn, framework: str, name: str, batch: int) -> None:
+def _serve(conn, framework: str, name: str, batch: int, matmul_size: int) -> None:
   """Worker process: builds `framework`'s calls, warms them up, then times one per request."""
   try:
     if framework == 'charjax':
-      calls, params = charjax_calls(name, batch)
+      calls, params = timing.charjax_calls(name, batch, matmul_size)
     else:
       step, params = PEERS[framework](name, batch)
       calls = {framework: (step, 1.0)}
@@ -143,7 +130,8 @@ def _serve(conn, framework: str, name: str, batch: int) -> None:
     conn.send((time.perf_counter() - start) * per_batch)
 
 
-def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: float = 0.05):
+def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: float = 0.05,
+                      matmul_size: int = 2048):
   """({label: seconds per batch, one per round}, {framework: parameter count}).
 
   Every framework runs in its own process (loading TensorFlow and PyTorch beside JAX slowed
@@ -156,8 +144,8 @@ def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: flo
   try:
     for framework in frameworks:
       conn, child = context.Pipe()
-      process = context.Process(target=_serve, args=(child, framework, name, batch),
-                                daemon=True)
+      process = context.Process(
+          target=_serve, args=(child, framework, name, batch, matmul_size), daemon=True)
       process.start()
       workers.append((conn, process))
       reply = conn.recv()
@@ -190,7 +178,7 @@ def main(argv):
   for name in _MODELS.value:
     for batch in map(int, _BATCH_SIZES.value):
       times, params = time_in_isolation(['charjax', *_PEERS.value], name, batch,
-                                        _REPEATS.value)
+                                        _REPEATS.value, matmul_size=_MATMUL.value)
       for framework, count in params.items():
         if count != params['charjax']:
           raise AssertionError(f'{framework} {name} has {count} parameters, '
@@ -201,17 +189,22 @@ def main(argv):
         row = {'model': name, 'framework': label, 'batch': batch, 'ms': median * 1e3,
                'images_per_s': batch / median, 'params': params['charjax'],
                'ms_per_round': (seconds * 1e3).round(1).tolist()}
-        line = (f'{name:<7}{"(epoch)" if label == "charjax-epoch" else label:<10}{batch:>6}'
+        shown = f'({label[8:]})' if label.startswith('charjax-') else label
+        line = (f'{name:<7}{shown:<10}{batch:>6}'
                 f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params["charjax"]:>11}')
         if not label.startswith('charjax'):
           # Round by round: both sides of each ratio saw the same state of the machine.
-          row['charjax_speedup'] = float(np.median(seconds / times['charjax']))
-          row['charjax_epoch_speedup'] = float(np.median(seconds / times['charjax-epoch']))
-          line += f'{row["charjax_speedup"]:>16.2f}x (epoch {row["charjax_epoch_speedup"]:.2f}x)'
+          for key, ours in [('charjax_speedup', 'charjax'),
+                            ('charjax_epoch_speedup', 'charjax-epoch'),
+                            ('bound_speedup', 'charjax-bound')]:
+            row[key] = float(np.median(seconds / times[ours]))
+          line += (f'{row["charjax_speedup"]:>16.2f}x (epoch {row["charjax_epoch_speedup"]:.2f}x,'
+                   f' bound {row["bound_speedup"]:.2f}x)')
         rows.append(row)
         print(line, flush=True)
   timing.write_json(_OUT.value, {'backend': jax.default_backend(),
-                                 'device_kind': jax.devices()[0].device_kind, 'rows': rows})
+                                 'device_kind': jax.devices()[0].device_kind,
+                                 'matmul_size': _MATMUL.value, 'rows': rows})
 
 
 if __name__ == '__main__':

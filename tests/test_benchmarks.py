@@ -34,12 +34,24 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   out = tmp_path / 'peers.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1',
-       '--models=exp3', f'--out={out}'],
+       '--models=exp3', '--matmul_size=64', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
-  assert [r['framework'] for r in rows[:2]] == ['charjax', 'charjax-epoch']
-  assert all(r['params'] == 3_597_722 for r in rows)
+  assert [r['framework'] for r in rows[:3]] == ['charjax', 'charjax-epoch', 'charjax-bound']
+  assert all(r['params'] == 3_597_722 and r['ms'] > 0 for r in rows)
+  assert all('bound_speedup' in r for r in rows[3:])
+
+
+def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
+  from benchmarks import timing
+  calls, params = timing.charjax_calls('exp2', 2, matmul_size=64)
+  step_fn, step_args, _ = timing.model_functions('exp2', 2)['train_step']
+  step_flops = timing.compile_and_flops(step_fn, *step_args)[2]
+  assert step_flops > 0
+  assert calls['charjax-bound'][1] == pytest.approx(step_flops / (2 * 64 ** 3))
+  assert calls['charjax-epoch'][1] == pytest.approx(1 / timing.EPOCH_STEPS)
+  assert params == 4_222_628
 
 
 def test_conv_layers_benchmark_times_every_pass_of_every_layer(tmp_path):
