@@ -8,10 +8,11 @@ jitted `train_step`; `(epoch)`, the per-batch time of `train.train_epoch` over
 `timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle, gather and steps compiled
 together); and `(bound)`, the time the train step's FLOPs (XLA's cost analysis) would take
 at the rate of a float32 matmul timed in the same rounds: the step's time if every
-operation in it ran as fast as XLA multiplies large matrices. Times are medians over
-rounds; the speedup column is the median over rounds of the peer's time divided by
-charjax's step, then by its epoch and bound rows. The peers are optional:
-`pip install -e '.[peers]'`; a missing one is reported and skipped.
+operation in it ran as fast as XLA multiplies large matrices (`(bound-numpy)`: as fast as
+numpy's BLAS does). Times are medians over rounds; the speedup column is the median over
+rounds of the peer's time divided by charjax's step, then by its epoch and bound rows.
+The peers are optional: `pip install -e '.[peers]'`; a missing one is reported and
+skipped.
 
   python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
@@ -173,7 +174,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown --peers {sorted(unknown)}: expected some of {list(PEERS)}.')
   rows = []
-  print(f'{"model":<7}{"framework":<10}{"batch":>6}{"ms":>10}{"img/s":>10}{"params":>11}'
+  print(f'{"model":<7}{"framework":<14}{"batch":>6}{"ms":>10}{"img/s":>10}{"params":>11}'
         f'{"charjax speedup":>17}')
   for name in _MODELS.value:
     for batch in map(int, _BATCH_SIZES.value):
@@ -190,16 +191,17 @@ def main(argv):
                'images_per_s': batch / median, 'params': params['charjax'],
                'ms_per_round': (seconds * 1e3).round(1).tolist()}
         shown = f'({label[8:]})' if label.startswith('charjax-') else label
-        line = (f'{name:<7}{shown:<10}{batch:>6}'
+        line = (f'{name:<7}{shown:<14}{batch:>6}'
                 f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params["charjax"]:>11}')
         if not label.startswith('charjax'):
           # Round by round: both sides of each ratio saw the same state of the machine.
           for key, ours in [('charjax_speedup', 'charjax'),
                             ('charjax_epoch_speedup', 'charjax-epoch'),
-                            ('bound_speedup', 'charjax-bound')]:
+                            ('bound_speedup', 'charjax-bound'),
+                            ('bound_numpy_speedup', 'charjax-bound-numpy')]:
             row[key] = float(np.median(seconds / times[ours]))
           line += (f'{row["charjax_speedup"]:>16.2f}x (epoch {row["charjax_epoch_speedup"]:.2f}x,'
-                   f' bound {row["bound_speedup"]:.2f}x)')
+                   f' bounds {row["bound_speedup"]:.2f}x, {row["bound_numpy_speedup"]:.2f}x)')
         rows.append(row)
         print(line, flush=True)
   timing.write_json(_OUT.value, {'backend': jax.default_backend(),

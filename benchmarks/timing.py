@@ -10,6 +10,7 @@ import time
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from charjax import conv
@@ -155,24 +156,28 @@ def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
 
 
 def charjax_calls(name: str, batch: int, matmul_size: int = 2048):
-  """(calls, parameter count): charjax's lone train step, an epoch's batch and their bound.
+  """(calls, parameter count): charjax's lone train step, an epoch's batch and their bounds.
 
   Each call is (no-argument callable, factor turning its seconds into seconds per batch):
-  'charjax' is the jitted train step, 'charjax-epoch' one batch of `train.train_epoch`, and
-  'charjax-bound' a float32 matmul of side `matmul_size`, scaled to the time the train
-  step's FLOPs (XLA's cost analysis) would take at that matmul's rate: the step's time if
-  every operation in it ran as fast as XLA multiplies large matrices.
+  'charjax' is the jitted train step, 'charjax-epoch' one batch of `train.train_epoch`;
+  'charjax-bound' is a jitted float32 matmul of side `matmul_size`, scaled to the time
+  the train step's FLOPs (XLA's cost analysis) would take at that matmul's rate: the
+  step's time if every operation in it ran as fast as XLA multiplies large matrices.
+  'charjax-bound-numpy' is the same with numpy's matmul (its BLAS, OpenBLAS in PyPI's
+  numpy).
   """
   fns = model_functions(name, batch)
   step_fn, step_args, _ = fns['train_step']
   step, _, step_flops = compile_and_flops(step_fn, *step_args)
   matmul, matmul_flops = matmul_call(matmul_size)
+  a = np.random.default_rng(0).standard_normal((matmul_size, matmul_size), np.float32)
   epoch_fn, epoch_args, images = fns['epoch']
   epoch = compile_and_flops(epoch_fn, *epoch_args)[0]
   params = sum(p.size for p in jax.tree.leaves(step_args[0].params))
   return {'charjax': (lambda: step(*step_args), 1.0),
           'charjax-epoch': (lambda: epoch(*epoch_args), batch / images),
-          'charjax-bound': (matmul, step_flops / matmul_flops)}, params
+          'charjax-bound': (matmul, step_flops / matmul_flops),
+          'charjax-bound-numpy': (lambda: a @ a, step_flops / matmul_flops)}, params
 
 
 def write_json(path: str, data: dict) -> None:

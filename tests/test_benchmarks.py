@@ -38,9 +38,10 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
-  assert [r['framework'] for r in rows[:3]] == ['charjax', 'charjax-epoch', 'charjax-bound']
+  assert [r['framework'] for r in rows[:4]] == ['charjax', 'charjax-epoch', 'charjax-bound',
+                                                'charjax-bound-numpy']
   assert all(r['params'] == 3_597_722 and r['ms'] > 0 for r in rows)
-  assert all('bound_speedup' in r for r in rows[3:])
+  assert all('bound_speedup' in r and 'bound_numpy_speedup' in r for r in rows[4:])
 
 
 def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
@@ -50,6 +51,9 @@ def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
   step_flops = timing.compile_and_flops(step_fn, *step_args)[2]
   assert step_flops > 0
   assert calls['charjax-bound'][1] == pytest.approx(step_flops / (2 * 64 ** 3))
+  assert calls['charjax-bound-numpy'][1] == calls['charjax-bound'][1]
+  product = calls['charjax-bound-numpy'][0]()
+  assert product.shape == (64, 64) and isinstance(product, np.ndarray)
   assert calls['charjax-epoch'][1] == pytest.approx(1 / timing.EPOCH_STEPS)
   assert params == 4_222_628
 
