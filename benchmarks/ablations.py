@@ -32,6 +32,7 @@ from charjax import models
 
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
+_PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
@@ -77,7 +78,7 @@ def main(argv):
       finally:
         setattr(module, attribute, original)
       calls[name] = functools.partial(compiled, *args)
-    times = timing.interleaved(calls, rounds=_REPEATS.value)
+    times = timing.interleaved(calls, rounds=_REPEATS.value, pause=_PAUSE.value)
     for name, seconds in times.items():
       median = statistics.median(seconds)
       rows.append({'choice': choice, 'variant': name, 'batch': _BATCH.value,

@@ -26,6 +26,7 @@ from benchmarks import timing
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timing rounds (median taken).')
+_PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference matrix product.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -49,7 +50,8 @@ def main(argv):
       flops = 2 * (side - 2) ** 2 * 9 * cin * cout * _BATCH.value
       passes = timing.conv_layer_passes(_BATCH.value, side, cin, cout, input_grad=i > 0)
       calls = {name: functools.partial(jax.jit(fn), *args) for name, (fn, args) in passes.items()}
-      times = timing.interleaved({**calls, 'matmul': matmul}, rounds=_REPEATS.value)
+      times = timing.interleaved({**calls, 'matmul': matmul}, rounds=_REPEATS.value,
+                                   pause=_PAUSE.value)
       matmul_seconds = times.pop('matmul')
       layer = f'{side}x{side}x{cin}->{cout}'
       total = 0.0

@@ -34,6 +34,7 @@ _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['400', '800'], 'Batch sizes.')
 _PEERS = flags.DEFINE_list('peers', ['keras', 'torch'], 'Peer frameworks to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
+_PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference matrix product.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -131,14 +132,14 @@ def _serve(conn, framework: str, name: str, batch: int, matmul_size: int) -> Non
     conn.send((time.perf_counter() - start) * per_batch)
 
 
-def time_in_isolation(frameworks, name: str, batch: int, rounds: int, pause: float = 0.05,
-                      matmul_size: int = 2048):
+def time_in_isolation(frameworks, name: str, batch: int, rounds: int,
+                      pause: float = timing.PAUSE, matmul_size: int = 2048):
   """({label: seconds per batch, one per round}, {framework: parameter count}).
 
   Every framework runs in its own process (loading TensorFlow and PyTorch beside JAX slowed
   charjax's epoch by ~20% here), built and warmed up one after another; then each round
   asks every process in turn for one timed call while the others wait idle, so that all
-  of them see the same drift of a shared machine.
+  of them see the same drift of a shared machine, `pause` idle seconds before each.
   """
   context = multiprocessing.get_context('spawn')
   workers, params, times = [], {}, {}
@@ -179,7 +180,8 @@ def main(argv):
   for name in _MODELS.value:
     for batch in map(int, _BATCH_SIZES.value):
       times, params = time_in_isolation(['charjax', *_PEERS.value], name, batch,
-                                        _REPEATS.value, matmul_size=_MATMUL.value)
+                                        _REPEATS.value, pause=_PAUSE.value,
+                                        matmul_size=_MATMUL.value)
       for framework, count in params.items():
         if count != params['charjax']:
           raise AssertionError(f'{framework} {name} has {count} parameters, '

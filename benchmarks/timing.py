@@ -21,6 +21,10 @@ from charjax import train
 IMAGE_SIZE = 36
 # Batches in the timed 'epoch' (charjax's compiled `train.train_epoch`).
 EPOCH_STEPS = 4
+# Idle seconds before each call timed in turns. Whatever ran right after an exp-3 epoch
+# (batch 400) ran slower here for a while: numpy's 2048^3 matmul at 68, 133 and 170
+# GFLOP/s after pauses of 0.05, 0.5 and 2 s.
+PAUSE = 2.0
 # The study's two networks at the study's input size: (module class, classes, learning rate).
 MODELS = {
     'exp2': (models.SubsetCNN, 36, 5e-4),
@@ -45,13 +49,13 @@ def timed(fn, *args, repeats: int) -> float:
   return statistics.median(times)
 
 
-def interleaved(calls: dict, rounds: int, pause: float = 0.05) -> dict[str, list[float]]:
+def interleaved(calls: dict, rounds: int, pause: float = PAUSE) -> dict[str, list[float]]:
   """Seconds of each call in `calls` ({name: no-argument callable}), timed in turns.
 
   Every call runs once as a warm-up, then `rounds` rounds each time every call once, in
-  order, synchronised, with `pause` seconds between calls (so that one framework's
-  spinning worker threads settle before the next is timed). Timing in turns lets every
-  call see the same drift of a shared machine; compare calls round by round.
+  order, synchronised, with `pause` idle seconds before each (so that the machine settles
+  after the previous call: see `PAUSE`). Timing in turns lets every call see the same
+  drift of a shared machine; compare calls round by round.
   """
   for call in calls.values():
     jax.block_until_ready(call())

@@ -30,6 +30,7 @@ _IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'patches'], 'Convolution implem
 _FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step', 'epoch'],
                         'What to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
+_PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'Side of the reference matrix product.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -60,7 +61,7 @@ def main(argv):
           step_flops = flops
         # In turns with the matmul: each round's fraction compares the same machine state.
         times = timing.interleaved({'fn': functools.partial(compiled, *args), 'mm': matmul},
-                                   rounds=_REPEATS.value)
+                                   rounds=_REPEATS.value, pause=_PAUSE.value)
         seconds = statistics.median(times['fn'])
         row = {'model': model, 'conv_impl': impl, 'function': name, 'batch': batch,
                'ms': seconds * 1e3, 'images_per_s': images / seconds,

@@ -14,8 +14,8 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.train_step', '--batch_sizes=2', '--repeats=1',
-       '--matmul_size=64', '--models=exp2', f'--out={out}'], cwd=REPO, capture_output=True, text=True,
-      timeout=300)
+       '--pause=0', '--matmul_size=64', '--models=exp2', f'--out={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result['backend'] == 'cpu' and result['matmul_reference']['gflops'] > 0
@@ -33,7 +33,7 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
 def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   out = tmp_path / 'peers.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1',
+      [sys.executable, '-m', 'benchmarks.peers', '--batch_sizes=2', '--repeats=1', '--pause=0',
        '--models=exp3', '--matmul_size=64', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -61,7 +61,7 @@ def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
 def test_conv_layers_benchmark_times_every_pass_of_every_layer(tmp_path):
   out = tmp_path / 'conv_layers.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.conv_layers', '--models=exp2', '--batch=2',
+      [sys.executable, '-m', 'benchmarks.conv_layers', '--models=exp2', '--batch=2', '--pause=0',
        '--repeats=1', '--matmul_size=64', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,7 +106,8 @@ def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
 def test_ablations_benchmark_runs(tmp_path):
   out = tmp_path / 'ablations.json'
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.ablations', '--batch=2', '--repeats=1',
-                         f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+                         '--pause=0', f'--out={out}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
   assert [r['choice'] for r in rows] == ['pool', 'pool', 'relu', 'relu', 'conv', 'conv']
