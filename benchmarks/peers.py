@@ -2,8 +2,9 @@
 
 Same architectures (parameter counts are checked equal), same RMSprop settings, same batch,
 timed the same way: each framework in its own process, in turns (`time_in_isolation`:
-after a warm-up, each of `--repeats` rounds times every framework once, synchronised), so
-that all of them see the same drift of a shared machine. Three charjax rows: the lone
+after a warm-up, each of `--repeats` rounds times every framework once, synchronised, in
+a shuffled order, after `--pause` idle seconds), so that all of them see the same drift
+of a shared machine. Three charjax rows: the lone
 jitted `train_step`; `(epoch)`, the per-batch time of `train.train_epoch` over
 `timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle, gather and steps compiled
 together); and `(bound)`, the time the train step's FLOPs (XLA's cost analysis) would take
@@ -138,8 +139,9 @@ def time_in_isolation(frameworks, name: str, batch: int, rounds: int,
 
   Every framework runs in its own process (loading TensorFlow and PyTorch beside JAX slowed
   charjax's epoch by ~20% here), built and warmed up one after another; then each round
-  asks every process in turn for one timed call while the others wait idle, so that all
-  of them see the same drift of a shared machine, `pause` idle seconds before each.
+  asks every process in turn (in the orders of `timing.round_orders`) for one timed call
+  while the others wait idle, so that all of them see the same drift of a shared machine,
+  `pause` idle seconds before each.
   """
   context = multiprocessing.get_context('spawn')
   workers, params, times = [], {}, {}
@@ -156,8 +158,9 @@ def time_in_isolation(frameworks, name: str, batch: int, rounds: int,
         continue
       params[framework] = reply[1]
       times.update({label: (conn, []) for label in reply[2]})
-    for _ in range(rounds):
-      for label, (conn, seconds) in times.items():
+    for order in timing.round_orders(times, rounds):
+      for label in order:
+        conn, seconds = times[label]
         time.sleep(pause)
         conn.send(label)
         seconds.append(conn.recv())

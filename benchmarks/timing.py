@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 import statistics
 import time
 
@@ -49,22 +50,32 @@ def timed(fn, *args, repeats: int) -> float:
   return statistics.median(times)
 
 
+def round_orders(names, rounds: int, seed: int = 0) -> list[list]:
+  """The order of each of `rounds` rounds of calls timed in turns: `names`, shuffled.
+
+  Each round is a fresh (seeded) permutation, so that no call always comes first or always
+  follows the same other call: what ran just before a call can slow it (see `PAUSE`).
+  """
+  rng = random.Random(seed)
+  return [rng.sample(list(names), len(names)) for _ in range(rounds)]
+
+
 def interleaved(calls: dict, rounds: int, pause: float = PAUSE) -> dict[str, list[float]]:
   """Seconds of each call in `calls` ({name: no-argument callable}), timed in turns.
 
   Every call runs once as a warm-up, then `rounds` rounds each time every call once, in
-  order, synchronised, with `pause` idle seconds before each (so that the machine settles
-  after the previous call: see `PAUSE`). Timing in turns lets every call see the same
-  drift of a shared machine; compare calls round by round.
+  the orders of `round_orders`, synchronised, with `pause` idle seconds before each (so
+  that the machine settles after the previous call: see `PAUSE`). Timing in turns lets
+  every call see the same drift of a shared machine; compare calls round by round.
   """
   for call in calls.values():
     jax.block_until_ready(call())
   times = {name: [] for name in calls}
-  for _ in range(rounds):
-    for name, call in calls.items():
+  for order in round_orders(calls, rounds):
+    for name in order:
       time.sleep(pause)
       start = time.perf_counter()
-      jax.block_until_ready(call())
+      jax.block_until_ready(calls[name]())
       times[name].append(time.perf_counter() - start)
   return times
 

@@ -147,11 +147,21 @@ def test_svc_grid_benchmark_compares_equal_searches():
 def test_interleaved_times_every_call_once_per_round_after_a_warm_up():
   from benchmarks import timing
   order = []
-  calls = {'a': lambda: order.append('a'), 'b': lambda: order.append('b')}
-  times = timing.interleaved(calls, rounds=3, pause=0.0)
-  assert order == ['a', 'b'] * 4  # warm-up, then three rounds in turn
-  assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+  calls = {name: (lambda name=name: order.append(name)) for name in 'abc'}
+  times = timing.interleaved(calls, rounds=4, pause=0.0)
+  assert order[:3] == ['a', 'b', 'c']  # warm-up
+  assert [order[i:i + 3] for i in range(3, 15, 3)] == timing.round_orders('abc', 4)
+  assert {k: len(v) for k, v in times.items()} == {'a': 4, 'b': 4, 'c': 4}
   assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_round_orders_are_seeded_permutations_that_vary():
+  from benchmarks import timing
+  orders = timing.round_orders(['a', 'b', 'c', 'd'], 8)
+  assert all(sorted(order) == ['a', 'b', 'c', 'd'] for order in orders)
+  assert orders == timing.round_orders(['a', 'b', 'c', 'd'], 8)
+  assert len({order[0] for order in orders}) > 1
+  assert len({tuple(order) for order in orders}) > 1
 
 
 def test_fraction_of_matmul_is_the_median_of_per_round_ratios():
