@@ -7,12 +7,15 @@
 - `conv`: XLA's convolution (charjax's choice on CPU) versus Winograd's F(2x2, 3x3)
   algorithm written in jax.numpy (`benchmarks.winograd.conv`: 16 instead of 36
   multiplications per 2x2 output tile, as 16 batched matrix products, but inputs and
-  outputs expanded 4x by the tile transforms).
+  outputs expanded 4x by the tile transforms);
+- `dropout`: `flax.linen.Dropout` (a float32 uniform, one threefry call, per element)
+  versus charjax's `dropout.Dropout` (8 or 16 random bits per element).
 
-Lone jitted train step of the exp-2 network; the variants of a choice are timed in turns
-(`timing.interleaved`), `--repeats` rounds, medians reported.
+Lone jitted train step of the `--model` network; the variants of a choice are timed in
+turns (`timing.interleaved`), `--repeats` rounds, medians reported.
 
   python -m benchmarks.ablations --batch=800 --out=runs/bench/ablations.json
+  python -m benchmarks.ablations --model=exp3 --batch=400 --choices=dropout
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import jax
 from benchmarks import timing
 from benchmarks import winograd
 from charjax import conv
+from charjax import dropout
 from charjax import models
 
+_MODEL = flags.DEFINE_enum('model', 'exp2', list(timing.MODELS), 'Network timed.')
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
 _PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
-_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv'],
+_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv', 'dropout'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -57,6 +62,8 @@ VARIANTS = {
              'relu after pool (charjax)': (models, 'max_pool_2x2', models.max_pool_2x2)},
     'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd.conv),
              'xla (charjax)': (conv, 'conv_xla', conv.conv_xla)},
+    'dropout': {'flax nn.Dropout': (dropout, 'Dropout', nn.Dropout),
+                'packed bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
 }
 
 
@@ -73,7 +80,8 @@ def main(argv):
       setattr(module, attribute, replacement)
       try:
         jax.clear_caches()  # equal modules would otherwise reuse the previous trace
-        fn, args, images = timing.model_functions('exp2', _BATCH.value, 'xla')['train_step']
+        fn, args, images = timing.model_functions(_MODEL.value, _BATCH.value,
+                                                       'xla')['train_step']
         compiled, _, flops[name] = timing.compile_and_flops(fn, *args)
       finally:
         setattr(module, attribute, original)
@@ -81,11 +89,12 @@ def main(argv):
     times = timing.interleaved(calls, rounds=_REPEATS.value, pause=_PAUSE.value)
     for name, seconds in times.items():
       median = statistics.median(seconds)
-      rows.append({'choice': choice, 'variant': name, 'batch': _BATCH.value,
+      rows.append({'choice': choice, 'variant': name, 'model': _MODEL.value,
+                   'batch': _BATCH.value,
                    'ms': median * 1e3, 'images_per_s': images / median,
                    'ms_per_round': [round(t * 1e3, 1) for t in seconds],
                    'mflop_per_image': flops[name] / images / 1e6 if flops[name] else None})
-      print(f'{choice:<6}{name:<28}{median * 1e3:>10.1f} ms{images / median:>10.1f} img/s'
+      print(f'{choice:<8}{name:<28}{median * 1e3:>10.1f} ms{images / median:>10.1f} img/s'
             f'{rows[-1]["mflop_per_image"] or float("nan"):>10.1f} MFLOP/img', flush=True)
   timing.write_json(_OUT.value, {'backend': jax.default_backend(), 'rows': rows})
 

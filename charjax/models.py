@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from charjax import conv
+from charjax import dropout
 
 # Keras's defaults: Glorot-uniform kernels, zero biases.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -49,10 +50,10 @@ class SubsetCNN(nn.Module):
     # relu(max_pool(x)) == max_pool(relu(x)) (ReLU is monotone); pooling first quarters
     # the ReLU's work.
     x = nn.relu(max_pool_2x2(x))
-    x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
-    x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+    x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)
 
 
@@ -82,17 +83,17 @@ class AllClassesCNN(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool, features: bool = False) -> jax.Array:
     first, second, third = self.conv_features
     x = nn.relu(conv.Conv2D(first, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
-    x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = conv.Conv2D(second, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x)
     x = nn.relu(max_pool_2x2(x))  # == max_pool(relu(x)), a quarter of the ReLU's work
     x = nn.relu(conv.Conv2D(third, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
-    x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for i in range(2):
       x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
       if features and i == 1 and not self.bottleneck_features:
         return x
-      x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
+      x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
     if self.bottleneck_features:
       activation = BOTTLENECK_ACTIVATIONS[self.bottleneck_activation]
       x = activation(nn.Dense(self.bottleneck_features, kernel_init=_KERNEL_INIT)(x))

@@ -1,0 +1,54 @@
+"""charjax.dropout: masks from packed random bits, flax's inverted-dropout contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charjax import dropout
+
+
+@pytest.mark.parametrize('keep_prob, lane_dtype, threshold', [(0.75, np.uint8, 192),
+                                                               (0.3, np.uint16, 19661)])
+def test_keep_mask_compares_each_lane_of_the_random_words_with_a_threshold(
+    keep_prob, lane_dtype, threshold):
+  key, shape = jax.random.key(3), (3, 5, 7)
+  per_word = 4 // np.dtype(lane_dtype).itemsize
+  words = np.asarray(jax.random.bits(key, (-(-105 // per_word),), jnp.uint32))
+  lanes = words.astype('<u4').view(lane_dtype)[:105].reshape(shape)
+  mask, prob = dropout.keep_mask(key, keep_prob, shape)
+  np.testing.assert_array_equal(np.asarray(mask), lanes < threshold)
+  assert prob == threshold / 2 ** (8 * np.dtype(lane_dtype).itemsize)
+  assert abs(prob - keep_prob) <= 2 ** -17
+
+
+def test_lane_bits_are_exact_where_the_rate_allows():
+  assert [dropout.lane_bits(p) for p in (0.75, 0.5, 0.3, 0.2)] == [8, 8, 16, 16]
+
+
+@pytest.mark.parametrize('rate', [0.25, 0.7, 0.8])
+def test_dropout_keeps_the_expected_fraction_and_rescales(rate):
+  x = jnp.ones((400, 500))
+  out = np.asarray(dropout.Dropout(rate).apply({}, x, deterministic=False,
+                                              rngs={'dropout': jax.random.key(0)}))
+  kept = out != 0
+  assert abs(kept.mean() - (1 - rate)) < 0.005  # 200k draws: 5 standard deviations
+  _, prob = dropout.keep_mask(jax.random.key(0), 1 - rate, x.shape)
+  np.testing.assert_allclose(out[kept], 1 / prob, rtol=1e-6)
+
+
+def test_dropout_is_identity_when_deterministic_and_zero_at_rate_one():
+  x = jax.random.normal(jax.random.key(1), (4, 6))
+  rngs = {'dropout': jax.random.key(0)}
+  assert (dropout.Dropout(0.5).apply({}, x, deterministic=True) == x).all()
+  assert (dropout.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs) == x).all()
+  assert (dropout.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs) == 0).all()
+
+
+def test_dropout_masks_depend_on_the_key_and_gradients_follow_the_mask():
+  x = jnp.ones((64, 64))
+  layer = dropout.Dropout(0.25, deterministic=False)
+  a, b = (layer.apply({}, x, rngs={'dropout': jax.random.key(k)}) for k in (0, 1))
+  assert (a != b).any()
+  grad = jax.grad(lambda x: layer.apply({}, x, rngs={'dropout': jax.random.key(0)}).sum())(x)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(a))  # mask / keep_prob
