@@ -4,16 +4,15 @@ Same architectures (parameter counts are checked equal), same RMSprop settings, 
 timed the same way: each framework in its own process, in turns (`time_in_isolation`:
 after a warm-up, each of `--repeats` rounds times every framework once, synchronised, in
 a shuffled order, after `--pause` idle seconds), so that all of them see the same drift
-of a shared machine. Three charjax rows: the lone
-jitted `train_step`; `(epoch)`, the per-batch time of `train.train_epoch` over
-`timing.EPOCH_STEPS` batches (what `charjax.train` runs: shuffle, gather and steps compiled
-together); and `(bound)`, the time the train step's FLOPs (XLA's cost analysis) would take
-at the rate of a float32 matmul timed in the same rounds: the step's time if every
-operation in it ran as fast as XLA multiplies large matrices (`(bound-numpy)`: as fast as
-numpy's BLAS does). Times are medians over rounds; the speedup column is the median over
-rounds of the peer's time divided by charjax's step, then by its epoch and bound rows.
-The peers are optional: `pip install -e '.[peers]'`; a missing one is reported and
-skipped.
+of a shared machine. Four charjax rows: the lone jitted `train_step`; `(epoch)`, the
+per-batch time of `train.train_epoch` over `timing.EPOCH_STEPS` batches (what
+`charjax.train` runs: shuffle, gather and steps compiled together); `(bound)`, the time
+the train step's FLOPs (XLA's cost analysis) would take at the rate of a float32 matmul
+timed in the same rounds, i.e. the step's time if every operation in it ran as fast as
+XLA multiplies large matrices; and `(bound-numpy)`, the same at the rate of numpy's BLAS.
+Times are medians over rounds; the speedup column is the median over rounds of the peer's
+time divided by charjax's step, then by its epoch and bound rows. The peers are
+optional: `pip install -e '.[peers]'`; a missing one is reported and skipped.
 
   python -m benchmarks.peers --models=exp2,exp3 --batch_sizes=400,800 --out=runs/bench/peers.json
 """
