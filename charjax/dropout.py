@@ -28,13 +28,14 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape) -> tuple[jax.Array, float
   """(boolean mask of `shape`, its exact keep probability).
 
   Element i is kept when lane i of the random words (`lane_bits(keep_prob)` bits, as
-  unsigned integers in the words' little-endian byte order) is below
-  round(keep_prob * 2**bits); the probability returned is that threshold / 2**bits:
-  `keep_prob` itself for multiples of 1/256 (0.75 for dropout 0.25), otherwise within
-  2**-17 of it.
+  unsigned integers in the words' little-endian byte order) is below the threshold
+  round(keep_prob * 2**bits), clipped to [1, 2**bits - 1]; the probability returned is
+  threshold / 2**bits: `keep_prob` itself for multiples of 1/256 (0.75 for dropout 0.25),
+  otherwise within 2**-17 of it, unless clipped (keep probabilities below 2**-17 or
+  above 1 - 2**-17).
   """
   bits = lane_bits(keep_prob)
-  threshold = round(keep_prob * 2 ** bits)
+  threshold = min(max(round(keep_prob * 2 ** bits), 1), 2 ** bits - 1)
   size = math.prod(shape)
   per_word = 32 // bits
   words = jax.random.bits(rng, (-(-size // per_word),), jnp.uint32)
@@ -44,10 +45,11 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape) -> tuple[jax.Array, float
 
 
 class Dropout(nn.Module):
-  """Inverted dropout (`flax.linen.Dropout`'s contract) with masks from `keep_mask`.
+  """Inverted dropout with masks from `keep_mask`.
 
-  Kept elements are scaled by 1 / (the mask's exact keep probability), so the output's
-  expectation is the input. Draws its key from the 'dropout' rng collection.
+  `flax.linen.Dropout`'s `rate` and `deterministic` (no `broadcast_dims`, no `rng`
+  argument). Kept elements are scaled by 1 / (the mask's exact keep probability), so the
+  output's expectation is the input. Draws its key from the 'dropout' rng collection.
   """
   rate: float
   deterministic: bool | None = None

@@ -52,3 +52,9 @@ def test_dropout_masks_depend_on_the_key_and_gradients_follow_the_mask():
   assert (a != b).any()
   grad = jax.grad(lambda x: layer.apply({}, x, rngs={'dropout': jax.random.key(0)}).sum())(x)
   np.testing.assert_allclose(np.asarray(grad), np.asarray(a))  # mask / keep_prob
+
+
+@pytest.mark.parametrize('keep_prob, expected', [(1e-7, 2 ** -16), (1 - 1e-7, 1 - 2 ** -16)])
+def test_keep_mask_clips_extreme_probabilities_to_a_valid_threshold(keep_prob, expected):
+  mask, prob = dropout.keep_mask(jax.random.key(0), keep_prob, (10,))
+  assert prob == expected and mask.shape == (10,)
