@@ -80,8 +80,8 @@ def main(argv):
       setattr(module, attribute, replacement)
       try:
         jax.clear_caches()  # equal modules would otherwise reuse the previous trace
-        fn, args, images = timing.model_functions(_MODEL.value, _BATCH.value,
-                                                       'xla')['train_step']
+        fns = timing.model_functions(_MODEL.value, _BATCH.value, 'xla')
+        fn, args, images = fns['train_step']
         compiled, _, flops[name] = timing.compile_and_flops(fn, *args)
       finally:
         setattr(module, attribute, original)

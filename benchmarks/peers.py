@@ -194,7 +194,7 @@ def main(argv):
         row = {'model': name, 'framework': label, 'batch': batch, 'ms': median * 1e3,
                'images_per_s': batch / median, 'params': params['charjax'],
                'ms_per_round': (seconds * 1e3).round(1).tolist()}
-        shown = f'({label[8:]})' if label.startswith('charjax-') else label
+        shown = f'({label.removeprefix("charjax-")})' if label.startswith('charjax-') else label
         line = (f'{name:<7}{shown:<14}{batch:>6}'
                 f'{median * 1e3:>10.1f}{batch / median:>10.1f}{params["charjax"]:>11}')
         if not label.startswith('charjax'):
