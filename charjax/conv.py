@@ -1,4 +1,4 @@
-"""2-D convolution as XLA's native op or as matrix products over image patches.
+"""2-D convolution as XLA's op, as matrix products over image patches, or charjax's CPU kernels.
 
 Expressing a valid convolution as `patches @ kernel` turns forward and backward passes into
 GEMMs; it is the fallback where XLA's own convolution is slow. Measured on 2 CPU cores, XLA's
@@ -6,6 +6,8 @@ convolution (Eigen, once `charjax.cpu_flags` keeps it away from YNNPACK) is the 
 two at the top level of a compiled function, but XLA:CPU runs a convolution inside a `while`
 loop (`lax.scan`, `lax.map`) pathologically slowly (jax-ml/jax#12868); so on CPU the compiled
 loops of `charjax.train` are unrolled (see `loop_unroll`).
+On x86-64 CPUs with AVX2 and FMA, `charjax.native_conv` (register-tiled kernels called
+through XLA FFI) is faster than both and runs fine inside loops.
 `Conv2D` keeps `nn.Conv`'s parameter names and shapes, so checkpoints do not depend on the
 implementation chosen.
 """
@@ -18,23 +20,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('auto', 'xla', 'patches')
+from charjax import native_conv
+
+IMPLS = ('auto', 'xla', 'patches', 'native')
 # Rows of the patch matrix per chunk: bounds the patches' memory, keeps GEMMs large.
 _CHUNK_ROWS = 50_000
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
-  """'auto' -> 'xla' on every backend ('xla' and 'patches' are returned as given).
+  """'auto' -> 'native' on CPU where `native_conv.available()`, else 'xla'.
 
-  Measured on 2 CPU cores, whole epochs of 4 batches, loops unrolled for 'xla':
-  exp-2 at batch 800, 411 img/s with 'xla' vs 281 with 'patches';
-  exp-3 at batch 400, 133 vs 72 img/s. On GPU, XLA's convolution calls cuDNN.
-  `platform` is accepted so the choice can be made per backend.
+  Other names are returned as given ('native' raises if the kernels cannot be built).
+  Measured on 2 CPU cores (see the README's benchmark tables): whole epochs with
+  'native' beat 'xla', which beats 'patches'. On GPU, XLA's convolution calls cuDNN.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv implementation {impl!r}: expected one of {IMPLS}.')
-  del platform
-  return 'xla' if impl == 'auto' else impl
+  platform = platform or jax.default_backend()
+  if impl == 'native' and platform != 'cpu':
+    raise ValueError(f'conv_impl="native" runs on CPU only, not on {platform!r}')
+  if impl == 'native' and not native_conv.available():
+    raise RuntimeError('conv_impl="native" but charjax\'s native convolution is unavailable: '
+                       f'{native_conv.unavailable_reason()}')
+  if impl != 'auto':
+    return impl
+  return 'native' if platform == 'cpu' and native_conv.available() else 'xla'
 
 
 def loop_unroll(impl: str, platform: str | None = None) -> int | bool:
@@ -42,7 +52,8 @@ def loop_unroll(impl: str, platform: str | None = None) -> int | bool:
 
   True (fully unrolled, no XLA `while`) for XLA's convolution on CPU, where a convolution
   inside a loop body runs orders of magnitude slower (an exp-2 epoch of two steps did not
-  finish in 300 s); 1 (a real loop, fast compiles) everywhere else.
+  finish in 300 s); 1 (a real loop, fast compiles) everywhere else, charjax's native
+  kernels included.
   """
   platform = platform or jax.default_backend()
   return True if platform == 'cpu' and resolve_impl(impl, platform) == 'xla' else 1
@@ -78,7 +89,10 @@ def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class Conv2D(nn.Module):
-  """Valid, stride-1 convolution with bias; `impl` is 'auto', 'xla' or 'patches'."""
+  """Valid, stride-1 convolution with bias; `impl` is one of `IMPLS`.
+
+  With 'native', shapes `native_conv.supports` rejects use XLA's convolution.
+  """
   features: int
   kernel_size: Sequence[int] = (3, 3)
   impl: str = 'auto'
@@ -89,5 +103,8 @@ class Conv2D(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    conv = conv_patches if resolve_impl(self.impl) == 'patches' else conv_xla
+    impl = resolve_impl(self.impl)
+    if impl == 'native' and native_conv.supports(x.shape, kernel.shape):
+      return native_conv.conv(x, kernel, bias)
+    conv = conv_patches if impl == 'patches' else conv_xla
     return conv(x, kernel) + bias

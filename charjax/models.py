@@ -6,6 +6,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from charjax import conv
 from charjax import dropout
@@ -15,16 +16,46 @@ _KERNEL_INIT = nn.initializers.glorot_uniform()
 BOTTLENECK_ACTIVATIONS = {'relu': nn.relu, 'softplus': nn.softplus}
 
 
+def _windows(x):
+  n, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling, stride 2, odd edges dropped (Keras's 'valid'): `nn.max_pool`'s result.
 
-  Written as a reshape and a max so that its gradient is elementwise: XLA:CPU's
-  select-and-scatter gradient of `nn.max_pool` took ~0.9 s of a ~2.9 s exp-2 train step at
-  batch 800 (`python -m benchmarks.ablations`: 306 vs 425 img/s).
+  Forward is a reshape and a max; the gradient (a custom VJP) is one elementwise pass that
+  routes each output's gradient to the first maximum of its window in row-major order
+  (TF/Keras's and `nn.max_pool`'s choice where a window has ties). XLA:CPU's
+  select-and-scatter gradient of `nn.max_pool` took ~0.9 s of a ~2.9 s exp-2 train step
+  at batch 800 (`python -m benchmarks.ablations`: 306 vs 425 img/s), and autodiff of the
+  reshape-max takes several passes (equality mask, tie counts, division).
   """
-  n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_forward(x):
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_backward(residuals, dy):
+  x, y = residuals
+  windows = _windows(x)
+  position = (2 * jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
+              + jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)).astype(jnp.int8)
+  is_max = windows == y[:, :, None, :, None]
+  first = jnp.where(is_max, position, 4).min(axis=(2, 4), keepdims=True)
+  dx = jnp.where(position == first, dy[:, :, None, :, None], 0).reshape(
+      x.shape[0], y.shape[1] * 2, y.shape[2] * 2, x.shape[3])
+  if dx.shape != x.shape:
+    pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
+    dx = jnp.pad(dx, pad)
+  return (dx,)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class SubsetCNN(nn.Module):

@@ -1,0 +1,312 @@
+// Valid, stride-1 NHWC x HWIO convolutions for XLA:CPU as XLA FFI handlers.
+//
+// Register-tiled direct convolutions (no patch matrix in memory): a tile is R output
+// pixels of one row times 16 output channels, accumulated in 2R vector registers (starting
+// from the bias) over every tap and input channel. The input gradient is the same kernel run on the output
+// gradient, zero-padded one image at a time, with the kernel flipped and transposed; the
+// kernel gradient tiles R input channels times 16 output channels and sums over pixels;
+// the bias gradient is summed with it.
+// Work is split over images between the calling thread and XLA's intra-op thread pool.
+// Written with GCC vector extensions and compiled with -march=native by
+// charjax/native_conv.py, so the same source gives AVX2/FMA, AVX-512 or NEON code.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <immintrin.h>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef __m256 v8;
+constexpr int kLanes = 16;  // output channels per tile: two 8-float vectors
+constexpr int kMaxRows = 6;
+
+inline v8 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline void store8(float* p, v8 v) { _mm256_storeu_ps(p, v); }
+inline v8 splat(const float* p) { return _mm256_broadcast_ss(p); }
+inline v8 fma(v8 a, v8 b, v8 c) { return _mm256_fmadd_ps(a, b, c); }
+
+// Runs body(item) for item in [0, count) on the caller and up to threads - 1 pool tasks.
+// Items are claimed from a shared counter, so the caller finishes the work alone if the
+// pool never gets to it; it returns once every item is done.
+struct ParallelState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t threads,
+                 const std::function<void(int64_t worker, int64_t item)>& body) {
+  auto state = std::make_shared<ParallelState>();
+  auto work = [state, count, &body](int64_t worker) {
+    int64_t finished = 0;
+    for (int64_t item; (item = state->next.fetch_add(1)) < count; ++finished) body(worker, item);
+    if (finished && state->done.fetch_add(finished) + finished == count) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->cv.notify_all();
+    }
+  };
+  // Pool tasks hold `state` alive; `body` is only touched while items remain, which the
+  // caller outlives by waiting below.
+  for (int64_t w = 1; w < threads; ++w) pool.Schedule([work, w] { work(w); });
+  work(0);
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == count; });
+}
+
+int64_t Workers(ffi::ThreadPool& pool, int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), items));
+}
+
+// Packs an HWIO kernel [taps][cin][cout] into panels [cout / 16][taps][cin][16]. With
+// `flip`, the panel is that of the input gradient's convolution: taps reversed, and the
+// roles of cin and cout swapped (the kernel's [taps][a][b] is read as [taps][b][a]).
+std::vector<float> PackKernel(const float* w, int64_t taps, int64_t cin, int64_t cout,
+                              bool flip) {
+  std::vector<float> packed(taps * cin * cout);
+  for (int64_t cb = 0; cb < cout / kLanes; ++cb)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t c = 0; c < cin; ++c)
+        for (int64_t k = 0; k < kLanes; ++k) {
+          const int64_t o = cb * kLanes + k;
+          const float v = flip ? w[((taps - 1 - t) * cout + o) * cin + c]
+                               : w[(t * cin + c) * cout + o];
+          packed[((cb * taps + t) * cin + c) * kLanes + k] = v;
+        }
+  return packed;
+}
+
+template <int R>
+inline void ForwardTile(const float* x, int64_t row_stride, int64_t cin, int64_t kh,
+                        int64_t kw, const float* panel, const float* bias, float* y,
+                        int64_t cout) {
+  v8 acc[R][2];
+  const v8 b0 = load8(bias), b1 = load8(bias + 8);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = b0, acc[r][1] = b1;
+  for (int64_t di = 0; di < kh; ++di)
+    for (int64_t dj = 0; dj < kw; ++dj) {
+      const float* xp = x + di * row_stride + dj * cin;
+      const float* wp = panel + (di * kw + dj) * cin * kLanes;
+      for (int64_t c = 0; c < cin; ++c) {
+        const v8 w0 = load8(wp + c * kLanes), w1 = load8(wp + c * kLanes + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+          const v8 b = splat(xp + r * cin + c);
+          acc[r][0] = fma(b, w0, acc[r][0]);
+          acc[r][1] = fma(b, w1, acc[r][1]);
+        }
+      }
+    }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    store8(y + r * cout, acc[r][0]);
+    store8(y + r * cout + 8, acc[r][1]);
+  }
+}
+
+// One image: x [h][w][cin] -> y [h - kh + 1][w - kw + 1][cout] (+ bias [cout]), panels
+// from PackKernel.
+void ForwardImage(const float* x, int64_t h, int64_t w, int64_t cin, int64_t kh, int64_t kw,
+                  const float* panels, const float* bias, int64_t cout, float* y) {
+  const int64_t ho = h - kh + 1, wo = w - kw + 1, row_stride = w * cin;
+  const int64_t panel_size = kh * kw * cin * kLanes;
+  for (int64_t i = 0; i < ho; ++i)
+    for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
+      const float* panel = panels + cb * panel_size;
+      const float* bc = bias + cb * kLanes;
+      const float* xr = x + i * row_stride;
+      float* yr = y + i * wo * cout + cb * kLanes;
+      int64_t j = 0;
+      for (; j + kMaxRows <= wo; j += kMaxRows)
+        ForwardTile<kMaxRows>(xr + j * cin, row_stride, cin, kh, kw, panel, bc, yr + j * cout, cout);
+      const float* xj = xr + j * cin;
+      float* yj = yr + j * cout;
+      switch (wo - j) {
+        case 5: ForwardTile<5>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+        case 4: ForwardTile<4>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+        case 3: ForwardTile<3>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+        case 2: ForwardTile<2>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+        case 1: ForwardTile<1>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+        default: break;
+      }
+    }
+}
+
+template <int R>
+inline void KernelGradTile(const float* x, int64_t row_stride, int64_t cin, const float* dy,
+                           int64_t wo, int64_t cout, int64_t rows, float* dw) {
+  v8 acc[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xp = x + i * row_stride;
+    const float* dp = dy + i * wo * cout;
+    for (int64_t j = 0; j < wo; ++j) {
+      const v8 d0 = load8(dp + j * cout), d1 = load8(dp + j * cout + 8);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const v8 b = splat(xp + j * cin + r);
+        acc[r][0] = fma(b, d0, acc[r][0]);
+        acc[r][1] = fma(b, d1, acc[r][1]);
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    store8(dw + r * cout, _mm256_add_ps(load8(dw + r * cout), acc[r][0]));
+    store8(dw + r * cout + 8, _mm256_add_ps(load8(dw + r * cout + 8), acc[r][1]));
+  }
+}
+
+constexpr int64_t kGradRows = 2;  // output rows per sweep: keeps x and dy rows in L1
+
+// Adds one image's kernel gradient to dw [kh][kw][cin][cout].
+void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* dy,
+                     int64_t kh, int64_t kw, int64_t cout, float* dw) {
+  const int64_t ho = h - kh + 1, wo = w - kw + 1, row_stride = w * cin;
+  for (int64_t i0 = 0; i0 < ho; i0 += kGradRows) {
+    const int64_t rows = std::min(kGradRows, ho - i0);
+    const float* dyr = dy + i0 * wo * cout;
+    for (int64_t di = 0; di < kh; ++di)
+      for (int64_t dj = 0; dj < kw; ++dj) {
+        const float* xr = x + (i0 + di) * row_stride + dj * cin;
+        float* dwt = dw + (di * kw + dj) * cin * cout;
+        for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
+          const float* dyc = dyr + cb * kLanes;
+          int64_t c = 0;
+          for (; c + kMaxRows <= cin; c += kMaxRows)
+            KernelGradTile<kMaxRows>(xr + c, row_stride, cin, dyc, wo, cout, rows,
+                                     dwt + c * cout + cb * kLanes);
+          const float* xc = xr + c;
+          float* dwc = dwt + c * cout + cb * kLanes;
+          switch (cin - c) {
+            case 5: KernelGradTile<5>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
+            case 4: KernelGradTile<4>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
+            case 3: KernelGradTile<3>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
+            case 2: KernelGradTile<2>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
+            case 1: KernelGradTile<1>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
+            default: break;
+          }
+        }
+      }
+  }
+}
+
+// y = conv(x, w) + bias: x [n][h][w][cin], w [kh][kw][cin][cout], bias [cout] ->
+// y [n][h-kh+1][w-kw+1][cout].
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
+  const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
+  if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
+  const std::vector<float> panels = PackKernel(w.typed_data(), kh * kw, cin, cout, false);
+  const int64_t ysize = (h - kh + 1) * (wid - kw + 1) * cout;
+  const float* xs = x.typed_data();
+  float* ys = y->typed_data();
+  ParallelFor(pool, n, Workers(pool, n), [&](int64_t, int64_t b) {
+    ForwardImage(xs + b * h * wid * cin, h, wid, cin, kh, kw, panels.data(),
+                 bias.typed_data(), cout, ys + b * ysize);
+  });
+  return ffi::Error::Success();
+}
+
+// dx = d conv(x, w) / dx applied to dy: dy [n][ho][wo][cout], w [kh][kw][cin][cout] ->
+// dx [n][ho+kh-1][wo+kw-1][cin]. Each image of dy is zero-padded into scratch, then
+// convolved with the flipped, transposed kernel.
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> dx) {
+  const auto dd = dy.dimensions(), wd = w.dimensions();
+  const int64_t n = dd[0], ho = dd[1], wo = dd[2], cout = dd[3];
+  const int64_t kh = wd[0], kw = wd[1], cin = wd[2];
+  if (cin % kLanes) return ffi::Error::InvalidArgument("charjax conv: cin % 16 != 0");
+  const std::vector<float> panels = PackKernel(w.typed_data(), kh * kw, cout, cin, true);
+  const int64_t hp = ho + 2 * (kh - 1), wp = wo + 2 * (kw - 1);
+  const int64_t h = ho + kh - 1, wid = wo + kw - 1;
+  const int64_t threads = Workers(pool, n);
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>(hp * wp * cout, 0.f));
+  const std::vector<float> zeros(cin, 0.f);
+  const float* dys = dy.typed_data();
+  float* dxs = dx->typed_data();
+  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
+    float* pad = scratch[worker].data();
+    const float* src = dys + b * ho * wo * cout;
+    for (int64_t i = 0; i < ho; ++i)
+      std::memcpy(pad + ((i + kh - 1) * wp + kw - 1) * cout, src + i * wo * cout,
+                  wo * cout * sizeof(float));
+    ForwardImage(pad, hp, wp, cout, kh, kw, panels.data(), zeros.data(), cin,
+                 dxs + b * h * wid * cin);
+  });
+  return ffi::Error::Success();
+}
+
+// (dw, dbias) = the gradients of conv(x, w) + bias applied to dy: x [n][h][w][cin],
+// dy [n][ho][wo][cout] -> dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size
+// comes from dw's shape.
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias) {
+  const auto xd = x.dimensions(), wd = dw->dimensions();
+  const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
+  const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
+  if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
+  const int64_t ysize = (h - kh + 1) * (wid - kw + 1) * cout, wsize = kh * kw * cin * cout;
+  const int64_t threads = Workers(pool, n);
+  // Per worker: the kernel gradient, then the bias gradient.
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(wsize + cout, 0.f));
+  const float* xs = x.typed_data();
+  const float* dys = dy.typed_data();
+  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
+    float* part = partial[worker].data();
+    const float* dyb = dys + b * ysize;
+    KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
+    float* db = part + wsize;
+    for (int64_t p = 0; p < ysize; p += cout)
+      for (int64_t o = 0; o < cout; o += 8)
+        store8(db + o, _mm256_add_ps(load8(db + o), load8(dyb + p + o)));
+  });
+  float* out = dw->typed_data();
+  float* out_bias = dbias->typed_data();
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t k = 0; k < wsize + cout; ++k) {
+      float* o = k < wsize ? out + k : out_bias + k - wsize;
+      *o = (t ? *o : 0.f) + partial[t][k];
+    }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,163 @@
+"""charjax's own CPU convolution: `native/conv.cc`, built on first use, called via XLA FFI.
+
+XLA:CPU's convolution runs the kernel gradient of exp 2's second layer at ~75 GFLOP/s on
+2 cores; the register-tiled kernels in `native/conv.cc` run it at ~110-150 (see
+`benchmarks.conv_layers`). The source is compiled once per machine with the system's C++
+compiler (`$CXX`, else `g++`) and `-march=native` into a cache directory
+(`$CHARJAX_NATIVE_CACHE`, else `~/.cache/charjax`), keyed by a hash of the source, the
+flags and the jaxlib headers. Where that is impossible (no compiler, no x86-64 CPU with
+AVX2 and FMA, a failed build) `available()` is False, `unavailable_reason()` says why,
+and `conv.resolve_impl('auto')` picks XLA's convolution instead.
+
+`conv(x, kernel, bias)` is a valid, stride-1 NHWC x HWIO convolution plus bias with a
+custom VJP: the input gradient and the kernel and bias gradients are native kernels too
+(the input gradient falls back to XLA where the input channels are not a multiple of 16).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+SOURCE = Path(__file__).with_name('native') / 'conv.cc'
+FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
+LANES = 16  # output channels per register tile: channel counts must be multiples of this
+_TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad',
+            'kernel_grad': 'CharjaxConvKernelGrad'}
+_FFI_PREFIX = 'charjax_conv_'
+
+
+def cache_dir() -> Path:
+  """Where built libraries are kept: `$CHARJAX_NATIVE_CACHE`, else `~/.cache/charjax`."""
+  return Path(os.environ.get('CHARJAX_NATIVE_CACHE') or Path.home() / '.cache' / 'charjax')
+
+
+def _cpu_problem() -> str | None:
+  if platform.machine().lower() not in ('x86_64', 'amd64'):
+    return f'needs an x86-64 CPU, this is {platform.machine()}'
+  try:
+    cpuinfo = Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return 'cannot read /proc/cpuinfo to check for AVX2 and FMA'
+  flags = next((line.split(':', 1)[1].split() for line in cpuinfo.splitlines()
+                if line.startswith('flags')), [])
+  missing = [f for f in ('avx2', 'fma') if f not in flags]
+  return f'CPU lacks {", ".join(missing)}' if missing else None
+
+
+def build(directory: Path | None = None) -> Path:
+  """Compiles `native/conv.cc` unless an identical build is cached; returns the library.
+
+  Raises RuntimeError (with the compiler's output) when the build fails.
+  """
+  compiler = os.environ.get('CXX', 'g++')
+  if shutil.which(compiler) is None:
+    raise RuntimeError(f'no C++ compiler: {compiler!r} is not on PATH (set $CXX)')
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256(SOURCE.read_bytes() + ' '.join((compiler,) + FLAGS).encode()
+                       + (Path(include) / 'xla' / 'ffi' / 'api' / 'ffi.h').read_bytes())
+  directory = Path(directory or cache_dir())
+  library = directory / f'charjax_conv_{key.hexdigest()[:16]}.so'
+  if library.exists():
+    return library
+  directory.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=directory) as tmp:
+    partial = Path(tmp) / library.name
+    done = subprocess.run([compiler, *FLAGS, '-I', include, str(SOURCE), '-o', str(partial)],
+                          capture_output=True, text=True)
+    if done.returncode:
+      raise RuntimeError(f'building {SOURCE.name} failed:\n{done.stderr[-4000:]}')
+    os.replace(partial, library)  # atomic: concurrent builders never see half a file
+  return library
+
+
+@functools.cache
+def _load() -> str | None:
+  """Builds, loads and registers the kernels once; returns why not, or None on success."""
+  if os.environ.get('CHARJAX_NATIVE_CONV', '1') == '0':
+    return 'disabled by CHARJAX_NATIVE_CONV=0'
+  problem = _cpu_problem()
+  if problem:
+    return problem
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+  except (RuntimeError, OSError) as error:
+    return str(error)
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(_FFI_PREFIX + name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform='cpu')
+  return None
+
+
+def available() -> bool:
+  """Whether the native kernels are built and registered (building them on first call)."""
+  return _load() is None
+
+
+def unavailable_reason() -> str | None:
+  """Why `available()` is False, or None when it is True."""
+  return _load()
+
+
+def supports(x_shape, kernel_shape) -> bool:
+  """Whether `conv` takes these shapes: NHWC x HWIO, output channels a multiple of 16."""
+  return len(x_shape) == 4 and len(kernel_shape) == 4 and kernel_shape[3] % LANES == 0
+
+
+def _call(name, shapes, *args):
+  problem = _load()
+  if problem:
+    raise RuntimeError(f'charjax native convolution unavailable: {problem}')
+  results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+  return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args)
+
+
+def _check(x, kernel, bias):
+  if any(a.dtype != jnp.float32 for a in (x, kernel, bias)):
+    raise TypeError(f'native conv takes float32, got {x.dtype}, {kernel.dtype}, {bias.dtype}')
+  if not supports(x.shape, kernel.shape) or bias.shape != kernel.shape[3:]:
+    raise ValueError(f'native conv needs NHWC x HWIO with output channels a multiple of '
+                     f'{LANES} and a bias per output channel; got {x.shape}, {kernel.shape}, '
+                     f'{bias.shape}')
+
+
+@jax.custom_vjp
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """Valid, stride-1 NHWC x HWIO float32 convolution plus bias, in one pass.
+
+  Equals `lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', ...) + bias` to float32
+  rounding; differentiable in all three arguments.
+  """
+  _check(x, kernel, bias)
+  n, h, w, _ = x.shape
+  kh, kw, _, cout = kernel.shape
+  return _call('forward', [(n, h - kh + 1, w - kw + 1, cout)], x, kernel, bias)[0]
+
+
+def _forward(x, kernel, bias):
+  return conv(x, kernel, bias), (x, kernel)
+
+
+def _backward(residuals, dy):
+  x, kernel = residuals
+  if kernel.shape[2] % LANES == 0:
+    dx = _call('input_grad', [x.shape], dy, kernel)[0]
+  else:  # e.g. a first layer on 1-channel images, whose input gradient goes unused
+    xla_conv = lambda x: jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    dx = jax.vjp(xla_conv, x)[1](dy)[0]
+  dkernel, dbias = _call('kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy)
+  return dx, dkernel, dbias
+
+
+conv.defvjp(_forward, _backward)
