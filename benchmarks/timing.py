@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import random
@@ -16,6 +17,7 @@ import optax
 
 from charjax import conv
 from charjax import models
+from charjax import native_conv
 from charjax import optim
 from charjax import train
 
@@ -110,23 +112,45 @@ def matmul_reference(size: int, repeats: int) -> dict:
   return {'size': size, 'seconds': seconds, 'gflops': flops / seconds / 1e9}
 
 
-def conv_layer_passes(batch: int, side: int, cin: int, cout: int, input_grad: bool):
+def conv_layer_passes(batch: int, side: int, cin: int, cout: int, input_grad: bool,
+                      impl: str = 'xla'):
   """{pass name: (function, arguments)}: a 3x3 valid convolution's forward pass and gradients.
 
   `batch` images of `side` x `side` x `cin` into `cout` channels; 'input grad' only where
-  `input_grad` (a first layer's input is the data).
+  `input_grad` (a first layer's input is the data). `impl` is 'xla' (`conv.conv_xla`) or
+  'native' (`native_conv.conv` with a zero bias; its weight grad includes the bias grad).
   """
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch, side, side, cin))
   kernel = jax.random.normal(keys[1], (3, 3, cin, cout))
   grad = jax.random.normal(keys[2], (batch, side - 2, side - 2, cout))
-  passes = {'forward': (conv.conv_xla, (x, kernel)),
-            'weight grad': (lambda x, k, g: jax.vjp(lambda k: conv.conv_xla(x, k), k)[1](g)[0],
+  if impl == 'native':
+    bias = jnp.zeros((cout,))
+    fn = lambda x, k: native_conv.conv(x, k, bias)
+  elif impl == 'xla':
+    fn = conv.conv_xla
+  else:
+    raise ValueError(f'impl must be "xla" or "native", got {impl!r}')
+  passes = {'forward': (fn, (x, kernel)),
+            'weight grad': (lambda x, k, g: jax.vjp(lambda k: fn(x, k), k)[1](g)[0],
                             (x, kernel, grad))}
   if input_grad:
     passes['input grad'] = (
-        lambda x, k, g: jax.vjp(lambda x: conv.conv_xla(x, k), x)[1](g)[0], (x, kernel, grad))
+        lambda x, k, g: jax.vjp(lambda x: fn(x, k), x)[1](g)[0], (x, kernel, grad))
   return passes
+
+
+@functools.cache
+def model_flops(name: str, batch: int) -> dict[str, float]:
+  """FLOPs per call of model `name`'s 'forward', 'gradients' and 'train_step' at `batch`.
+
+  From XLA's cost analysis of the functions built with XLA's convolution, for every
+  implementation alike: XLA counts no FLOPs in custom calls such as charjax's native
+  convolution, and the arithmetic is the same.
+  """
+  fns = model_functions(name, batch, 'xla')
+  return {fn: compile_and_flops(fns[fn][0], *fns[fn][1])[2]
+          for fn in ('forward', 'gradients', 'train_step')}
 
 
 def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
@@ -183,7 +207,8 @@ def charjax_calls(name: str, batch: int, matmul_size: int = 2048):
   """
   fns = model_functions(name, batch)
   step_fn, step_args, _ = fns['train_step']
-  step, _, step_flops = compile_and_flops(step_fn, *step_args)
+  step = compile_and_flops(step_fn, *step_args)[0]
+  step_flops = model_flops(name, batch)['train_step']
   matmul, matmul_flops = matmul_call(matmul_size)
   a = np.random.default_rng(0).standard_normal((matmul_size, matmul_size), np.float32)
   epoch_fn, epoch_args, images = fns['epoch']

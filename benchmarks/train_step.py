@@ -2,8 +2,9 @@
 
 For each model, convolution implementation and batch size: compile time, then the median
 of `--repeats` timed calls (after a warm-up call, each ending in `block_until_ready`);
-ms per call, images/s, achieved GFLOP/s (FLOPs from XLA's cost analysis of the compiled
-function; an epoch counts its train steps' FLOPs) and that as a fraction of a plain jitted
+ms per call, images/s, achieved GFLOP/s (FLOPs from XLA's cost analysis of the function
+built with XLA's convolution, `timing.model_flops`, for every implementation alike; an
+epoch counts its train steps' FLOPs) and that as a fraction of a plain jitted
 matrix product timed in turns with it (`timing.interleaved`: `--repeats` rounds each time
 the function, then the matmul; the fraction is the median of the rounds' ratios, since
 this machine's matmul speed alone drifted from 122 to 173 GFLOP/s between runs). 'epoch'
@@ -26,7 +27,8 @@ from benchmarks import timing
 
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '128', '400', '800'], 'Batch sizes.')
-_IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'patches'], 'Convolution implementations.')
+_IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'native', 'patches'],
+                           'Convolution implementations (see charjax.conv).')
 _FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step', 'epoch'],
                         'What to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
@@ -48,17 +50,14 @@ def main(argv):
   for model, impl in [(m, i) for m in _MODELS.value for i in _IMPLS.value]:
     for batch in map(int, _BATCH_SIZES.value):
       fns = timing.model_functions(model, batch, impl)
-      step_flops = None
+      reference_flops = timing.model_flops(model, batch)
       for name in _FNS.value:
         fn, args, images = fns[name]
-        compiled, compile_s, flops = timing.compile_and_flops(fn, *args)
-        if name == 'epoch':  # XLA counts a rolled loop's body once: count the steps.
-          if step_flops is None:
-            step_fn, step_args, _ = fns['train_step']
-            step_flops = timing.compile_and_flops(step_fn, *step_args)[2]
-          flops = step_flops * images / batch
-        elif name == 'train_step':
-          step_flops = flops
+        compiled, compile_s, _ = timing.compile_and_flops(fn, *args)
+        if name == 'epoch':
+          flops = reference_flops['train_step'] * images / batch
+        else:
+          flops = reference_flops[name]
         # In turns with the matmul: each round's fraction compares the same machine state.
         times = timing.interleaved({'fn': functools.partial(compiled, *args), 'mm': matmul},
                                    rounds=_REPEATS.value, pause=_PAUSE.value)

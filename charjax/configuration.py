@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from charjax import conv
 from charjax import models
 
 # Field name -> accepted Python types. configs/default.py declares exactly these.
@@ -77,8 +78,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'checkpoint_every_epochs={config.checkpoint_every_epochs} must be positive')
   need(len(config.conv_features) > 0 and all(f > 0 for f in config.conv_features),
        f'conv_features={config.conv_features} must be positive')
-  need(config.conv_impl in ('auto', 'xla', 'patches'),
-       f'conv_impl={config.conv_impl!r} is not "auto", "xla" or "patches"')
+  need(config.conv_impl in conv.IMPLS,
+       f'conv_impl={config.conv_impl!r} is not one of {", ".join(conv.IMPLS)}')
   need(config.bottleneck_features >= 0,
        f'bottleneck_features={config.bottleneck_features} is negative')
   need(config.bottleneck_features == 0 or config.model == 'AllClassesCNN',

@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dense_dropout = 0.8
   config.bottleneck_features = 0      # AllClassesCNN: >0 adds that narrow dense layer
   config.bottleneck_activation = 'relu'  # its activation: 'relu' or 'softplus'
-  config.conv_impl = 'auto'           # 'auto' (= 'xla'), 'xla' or 'patches' (see charjax.conv)
+  # 'auto' ('native' on CPU where it builds, else 'xla'), 'xla', 'patches' or 'native'.
+  config.conv_impl = 'auto'          # see charjax.conv
   # Optimisation.
   config.learning_rate = 5e-4
   config.rmsprop_rho = 0.9

@@ -14,15 +14,20 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.train_step', '--batch_sizes=2', '--repeats=1',
-       '--pause=0', '--matmul_size=64', '--models=exp2', f'--out={out}'],
+       '--pause=0', '--matmul_size=64', '--models=exp2', '--conv_impls=xla,native',
+       f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result['backend'] == 'cpu' and result['matmul_reference']['gflops'] > 0
   got = {(r['conv_impl'], r['function']) for r in result['rows']}
-  assert got == {(i, f) for i in ('xla', 'patches')
+  assert got == {(i, f) for i in ('xla', 'native')
                  for f in ('forward', 'gradients', 'train_step', 'epoch')}
   assert all(r['gflops'] > 0 and r['batch'] == 2 for r in result['rows'])
+  # FLOPs come from the XLA-convolution functions for every implementation.
+  flops = {(r['conv_impl'], r['function']): r['gflops'] * r['ms'] for r in result['rows']}
+  for f in ('forward', 'gradients', 'train_step'):
+    assert flops['native', f] == pytest.approx(flops['xla', f], rel=1e-9)
   step, epoch = ({r['function']: r for r in result['rows'] if r['conv_impl'] == 'xla'}[f]
                  for f in ('train_step', 'epoch'))
   assert epoch['gflops'] * epoch['ms'] == pytest.approx(  # an epoch is EPOCH_STEPS steps
@@ -47,9 +52,9 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
 def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
   from benchmarks import timing
   calls, params = timing.charjax_calls('exp2', 2, matmul_size=64)
-  step_fn, step_args, _ = timing.model_functions('exp2', 2)['train_step']
+  step_fn, step_args, _ = timing.model_functions('exp2', 2, 'xla')['train_step']
   step_flops = timing.compile_and_flops(step_fn, *step_args)[2]
-  assert step_flops > 0
+  assert step_flops > 0 and timing.model_flops('exp2', 2)['train_step'] == step_flops
   assert calls['charjax-bound'][1] == pytest.approx(step_flops / (2 * 64 ** 3))
   assert calls['charjax-bound-numpy'][1] == calls['charjax-bound'][1]
   product = calls['charjax-bound-numpy'][0]()
@@ -67,24 +72,27 @@ def test_conv_layers_benchmark_times_every_pass_of_every_layer(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
   # The first layer's input is the data: no input gradient.
-  assert [(r['layer'], r['pass']) for r in rows] == [
-      ('36x36x1->32', 'forward'), ('36x36x1->32', 'weight grad'),
-      ('34x34x32->64', 'forward'), ('34x34x32->64', 'weight grad'),
-      ('34x34x32->64', 'input grad')]
+  assert [(r['layer'], r['impl'], r['pass']) for r in rows] == [
+      (layer, impl, p) for layer, passes in [('36x36x1->32', ('forward', 'weight grad')),
+                                             ('34x34x32->64', ('forward', 'weight grad',
+                                                               'input grad'))]
+      for impl in ('xla', 'native') for p in passes]
   assert all(r['gflops'] > 0 and r['ms'] > 0 for r in rows)
 
 
 def test_conv_layer_passes_are_the_convolution_and_its_gradients():
   from benchmarks import timing
   import jax
-  passes = timing.conv_layer_passes(2, 6, 3, 4, input_grad=True)
-  x, kernel, grad = passes['input grad'][1]
-  out, vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, kernel)
-  dx, dk = vjp(grad)
-  np.testing.assert_allclose(passes['forward'][0](x, kernel), out, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(passes['weight grad'][0](x, kernel, grad), dk, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(passes['input grad'][0](x, kernel, grad), dx, rtol=1e-5, atol=1e-5)
+  for impl in ('xla', 'native'):
+    passes = timing.conv_layer_passes(2, 6, 16, 16, input_grad=True, impl=impl)
+    x, kernel, grad = passes['input grad'][1]
+    out, vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, kernel)
+    dx, dk = vjp(grad)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(passes['forward'][0](x, kernel), out, **tol)
+    np.testing.assert_allclose(passes['weight grad'][0](x, kernel, grad), dk, **tol)
+    np.testing.assert_allclose(passes['input grad'][0](x, kernel, grad), dx, **tol)
 
 
 def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):

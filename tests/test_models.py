@@ -80,12 +80,12 @@ def test_patch_conv_equals_xla_forward_and_gradients(shape):
 
 
 def test_conv_impl_resolution_and_loop_unrolling():
-  assert conv.resolve_impl('auto', 'cpu') == 'xla'
   assert conv.resolve_impl('auto', 'gpu') == 'xla'
   assert conv.resolve_impl('patches', 'cpu') == 'patches'
+  assert conv.resolve_impl('xla', 'cpu') == 'xla'
   with pytest.raises(ValueError, match='Unknown conv'):
     conv.resolve_impl('fft')
-  assert conv.loop_unroll('auto', 'cpu') is True
+  assert conv.loop_unroll('xla', 'cpu') is True
   assert conv.loop_unroll('patches', 'cpu') == 1
   assert conv.loop_unroll('auto', 'gpu') == 1
 
@@ -111,6 +111,17 @@ def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
   env['CHARJAX_KEEP_XLA_FLAGS'] = '1'
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
   assert out.stdout.strip() == ''
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_a_window_like_flax():
+  x = jnp.array([[1., 3., 0., 0.], [3., 2., 0., 0.]]).reshape(1, 2, 4, 1)  # two tied windows
+  pooled, vjp = jax.vjp(models.max_pool_2x2, x)
+  np.testing.assert_array_equal(pooled.ravel(), [3., 0.])
+  got = vjp(jnp.array([10., 20.]).reshape(1, 1, 2, 1))[0]
+  np.testing.assert_array_equal(got.reshape(2, 4), [[0., 10., 20., 0.], [0., 0., 0., 0.]])
+  ref = jax.vjp(lambda x: nn.max_pool(x, (2, 2), (2, 2)), x)[1](
+      jnp.array([10., 20.]).reshape(1, 1, 2, 1))[0]
+  np.testing.assert_array_equal(got, ref)
 
 
 def test_relu_after_pooling_equals_relu_before_pooling():

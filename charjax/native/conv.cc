@@ -122,26 +122,27 @@ void ForwardImage(const float* x, int64_t h, int64_t w, int64_t cin, int64_t kh,
                   const float* panels, const float* bias, int64_t cout, float* y) {
   const int64_t ho = h - kh + 1, wo = w - kw + 1, row_stride = w * cin;
   const int64_t panel_size = kh * kw * cin * kLanes;
-  for (int64_t i = 0; i < ho; ++i)
-    for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
-      const float* panel = panels + cb * panel_size;
-      const float* bc = bias + cb * kLanes;
-      const float* xr = x + i * row_stride;
-      float* yr = y + i * wo * cout + cb * kLanes;
-      int64_t j = 0;
-      for (; j + kMaxRows <= wo; j += kMaxRows)
-        ForwardTile<kMaxRows>(xr + j * cin, row_stride, cin, kh, kw, panel, bc, yr + j * cout, cout);
+  for (int64_t i = 0; i < ho; ++i) {
+    const float* xr = x + i * row_stride;
+    float* yr = y + i * wo * cout;
+    for (int64_t j = 0; j < wo; j += kMaxRows) {
       const float* xj = xr + j * cin;
-      float* yj = yr + j * cout;
-      switch (wo - j) {
-        case 5: ForwardTile<5>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-        case 4: ForwardTile<4>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-        case 3: ForwardTile<3>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-        case 2: ForwardTile<2>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-        case 1: ForwardTile<1>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-        default: break;
+      for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
+        const float* panel = panels + cb * panel_size;
+        const float* bc = bias + cb * kLanes;
+        float* yj = yr + j * cout + cb * kLanes;
+        switch (std::min<int64_t>(wo - j, kMaxRows)) {
+          case 6: ForwardTile<6>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          case 5: ForwardTile<5>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          case 4: ForwardTile<4>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          case 3: ForwardTile<3>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          case 2: ForwardTile<2>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          case 1: ForwardTile<1>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
+          default: break;
+        }
       }
     }
+  }
 }
 
 template <int R>

@@ -1,0 +1,160 @@
+"""charjax's native CPU convolution: build, parity with XLA (values and gradients), dispatch."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charjax import conv
+from charjax import host_memory
+from charjax import models
+from charjax import native_conv
+
+needs_native = pytest.mark.skipif(
+    native_conv._cpu_problem() is not None, reason=f'{native_conv._cpu_problem()}')
+
+
+@needs_native
+def test_native_conv_builds_on_an_x86_cpu_with_avx2():
+  assert native_conv.available(), native_conv.unavailable_reason()
+  assert native_conv.unavailable_reason() is None
+
+
+def _reference(x, kernel, bias):
+  return conv.conv_xla(x, kernel) + bias
+
+
+# (x shape, kernel shape): tiles of 6 pixels plus every remainder width, native and XLA
+# input gradients (input channels a multiple of 16 or not), non-square inputs and kernels.
+SHAPES = [
+    ((2, 9, 9, 16), (3, 3, 16, 32)),     # 7 wide: a 6-pixel tile and a 1-pixel one
+    ((3, 8, 13, 32), (3, 3, 32, 16)),    # 11 wide: 6 + 5
+    ((2, 10, 10, 1), (3, 3, 1, 16)),     # one input channel: input gradient by XLA
+    ((1, 7, 12, 48), (2, 4, 48, 16)),    # a 2x4 kernel
+    ((2, 6, 6, 16), (3, 3, 16, 64)),     # 4 wide, four channel blocks
+]
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape', SHAPES)
+def test_native_conv_equals_xla_conv_and_its_gradients(x_shape, kernel_shape):
+  kx, kk, kb, kg = jax.random.split(jax.random.key(sum(x_shape)), 4)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, kernel_shape) / 4
+  bias = jax.random.normal(kb, kernel_shape[3:])
+  y, vjp = jax.vjp(jax.jit(native_conv.conv), x, kernel, bias)
+  y_ref, vjp_ref = jax.vjp(_reference, x, kernel, bias)
+  assert y.shape == y_ref.shape
+  g = jax.random.normal(kg, y.shape)
+  for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@needs_native
+def test_native_conv_runs_inside_a_compiled_loop():
+  x = jax.random.normal(jax.random.key(0), (4, 2, 8, 8, 16))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
+  bias = jnp.zeros((16,))
+
+  def total(kernel):
+    def body(carry, xb):
+      return carry + jnp.sum(native_conv.conv(xb, kernel, bias) ** 2), None
+    return jax.lax.scan(body, 0.0, x)[0]
+
+  def total_ref(kernel):
+    return sum(jnp.sum(_reference(xb, kernel, bias) ** 2) for xb in x)
+
+  got, grad = jax.jit(jax.value_and_grad(total))(kernel)
+  want, grad_ref = jax.value_and_grad(total_ref)(kernel)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(grad_ref).max()))
+
+
+@needs_native
+def test_native_conv_rejects_what_it_cannot_compute():
+  x = jnp.ones((1, 5, 5, 16))
+  with pytest.raises(ValueError, match='multiple of 16'):
+    native_conv.conv(x, jnp.ones((3, 3, 16, 8)), jnp.ones((8,)))
+  with pytest.raises(ValueError, match='bias'):
+    native_conv.conv(x, jnp.ones((3, 3, 16, 16)), jnp.ones((3,)))
+  with pytest.raises(TypeError, match='float32'):
+    native_conv.conv(x.astype(jnp.bfloat16), jnp.ones((3, 3, 16, 16)), jnp.ones((16,)))
+  assert native_conv.supports((1, 5, 5, 3), (3, 3, 3, 32))
+  assert not native_conv.supports((1, 5, 5, 3), (3, 3, 3, 24))
+
+
+@needs_native
+def test_build_caches_by_source_and_flags(tmp_path):
+  first = native_conv.build(tmp_path)
+  assert first.parent == tmp_path and first.suffix == '.so'
+  mtime = first.stat().st_mtime_ns
+  assert native_conv.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no leftover temp files
+
+
+def test_build_without_a_compiler_says_so(tmp_path, monkeypatch):
+  monkeypatch.setenv('CXX', 'no-such-compiler-here')
+  with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
+    native_conv.build(tmp_path)
+
+
+def test_auto_falls_back_to_xla_when_native_is_unavailable(monkeypatch):
+  monkeypatch.setattr(native_conv, '_load', lambda: 'no compiler (test)')
+  assert conv.resolve_impl('auto', 'cpu') == 'xla'
+  assert conv.loop_unroll('auto', 'cpu') is True
+  with pytest.raises(RuntimeError, match='no compiler \\(test\\)'):
+    conv.resolve_impl('native', 'cpu')
+
+
+def test_native_is_for_cpu_only():
+  with pytest.raises(ValueError, match='CPU only'):
+    conv.resolve_impl('native', 'gpu')
+  assert conv.resolve_impl('auto', 'gpu') == 'xla'
+
+
+def test_native_conv_can_be_switched_off():
+  code = ('from charjax import conv, native_conv; '
+          'print(native_conv.unavailable_reason(), conv.resolve_impl("auto", "cpu"))')
+  env = {**os.environ, 'CHARJAX_NATIVE_CONV': '0'}
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+  assert out.stdout.strip() == 'disabled by CHARJAX_NATIVE_CONV=0 xla', out.stderr[-2000:]
+
+
+@needs_native
+def test_auto_is_native_on_cpu_with_real_loops():
+  assert conv.resolve_impl('auto', 'cpu') == 'native'
+  assert conv.loop_unroll('auto', 'cpu') == 1
+  assert conv.loop_unroll('native', 'cpu') == 1
+
+
+@needs_native
+def test_subset_cnn_with_native_conv_equals_xla_conv():
+  x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 1))
+  y = jnp.array([0, 1, 2])
+  outputs = {}
+  for impl in ('native', 'xla'):
+    model = models.SubsetCNN(num_classes=5, conv_features=(16, 32), dense_features=8,
+                             conv_impl=impl)
+    params = model.init(jax.random.key(0), x, train=False)['params']
+
+    def loss(params):
+      logits = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(2)})
+      return jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), y])
+
+    outputs[impl] = (model.apply({'params': params}, x, train=False), jax.grad(loss)(params))
+  (logits, grads), (logits_ref, grads_ref) = outputs['native'], outputs['xla']
+  np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_host_memory_settings_apply_on_glibc_linux_unless_opted_out(monkeypatch):
+  import platform
+  glibc_linux = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
+  assert host_memory.apply() == glibc_linux
+  monkeypatch.setenv(host_memory.OPT_OUT_ENV, '1')
+  assert host_memory.apply() is False
