@@ -277,13 +277,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       for (int64_t o = 0; o < cout; o += 8)
         store8(db + o, _mm256_add_ps(load8(db + o), load8(dyb + p + o)));
   });
-  float* out = dw->typed_data();
-  float* out_bias = dbias->typed_data();
-  for (int64_t t = 0; t < threads; ++t)
-    for (int64_t k = 0; k < wsize + cout; ++k) {
-      float* o = k < wsize ? out + k : out_bias + k - wsize;
-      *o = (t ? *o : 0.f) + partial[t][k];
-    }
+  for (int64_t t = 1; t < threads; ++t)
+    for (int64_t k = 0; k < wsize + cout; ++k) partial[0][k] += partial[t][k];
+  std::memcpy(dw->typed_data(), partial[0].data(), wsize * sizeof(float));
+  std::memcpy(dbias->typed_data(), partial[0].data() + wsize, cout * sizeof(float));
   return ffi::Error::Success();
 }
 
