@@ -4,10 +4,13 @@
   charjax's `models.max_pool_2x2` (a reshape and a max, elementwise gradient);
 - `relu`: ReLU before max-pooling (as the study writes the network) versus after it
   (charjax: identical output, a quarter of the ReLU's work);
-- `conv`: XLA's convolution (charjax's choice on CPU) versus Winograd's F(2x2, 3x3)
-  algorithm written in jax.numpy (`benchmarks.winograd.conv`: 16 instead of 36
-  multiplications per 2x2 output tile, as 16 batched matrix products, but inputs and
-  outputs expanded 4x by the tile transforms);
+- `conv`: XLA's convolution versus Winograd's F(2x2, 3x3) algorithm written in
+  jax.numpy (`benchmarks.winograd.conv`: 16 instead of 36 multiplications per 2x2 output
+  tile, as 16 batched matrix products, but inputs and outputs expanded 4x in memory by
+  the tile transforms);
+- `winograd`: charjax's native convolution (`conv_impl='native'`) with register-tiled
+  direct kernels versus with its Winograd F(2x2, 3x3) kernels (charjax: transforms and
+  products per chunk of tiles in cache) for the forward pass and the input gradient;
 - `dropout`: `flax.linen.Dropout` (a float32 uniform, one threefry call, per element)
   versus charjax's `dropout.Dropout` (8 or 16 random bits per element).
 
@@ -33,18 +36,27 @@ from benchmarks import winograd
 from charjax import conv
 from charjax import dropout
 from charjax import models
+from charjax import native_conv
 
 _MODEL = flags.DEFINE_enum('model', 'exp2', list(timing.MODELS), 'Network timed.')
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
 _PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
-_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv', 'dropout'],
+_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv', 'winograd', 'dropout'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
 
 def _flax_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _native_direct(x, kernel, bias, winograd=True):
+  del winograd
+  return _NATIVE_CONV(x, kernel, bias, False)
+
+
+_NATIVE_CONV = native_conv.conv
 
 
 def _relu_first_pool(pool):
@@ -62,9 +74,13 @@ VARIANTS = {
              'relu after pool (charjax)': (models, 'max_pool_2x2', models.max_pool_2x2)},
     'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd.conv),
              'xla (charjax)': (conv, 'conv_xla', conv.conv_xla)},
+    'winograd': {'native direct': (native_conv, 'conv', _native_direct),
+                 'native winograd (charjax)': (native_conv, 'conv', native_conv.conv)},
     'dropout': {'flax nn.Dropout': (dropout, 'Dropout', nn.Dropout),
                 'packed bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
 }
+# The convolution implementation each choice's models use.
+CONV_IMPL = {'winograd': 'native'}
 
 
 def main(argv):
@@ -80,7 +96,7 @@ def main(argv):
       setattr(module, attribute, replacement)
       try:
         jax.clear_caches()  # equal modules would otherwise reuse the previous trace
-        fns = timing.model_functions(_MODEL.value, _BATCH.value, 'xla')
+        fns = timing.model_functions(_MODEL.value, _BATCH.value, CONV_IMPL.get(choice, 'xla'))
         fn, args, images = fns['train_step']
         compiled, _, flops[name] = timing.compile_and_flops(fn, *args)
       finally:

@@ -114,12 +114,12 @@ def supports(x_shape, kernel_shape) -> bool:
   return len(x_shape) == 4 and len(kernel_shape) == 4 and kernel_shape[3] % LANES == 0
 
 
-def _call(name, shapes, *args):
+def _call(name, shapes, *args, **attributes):
   problem = _load()
   if problem:
     raise RuntimeError(f'charjax native convolution unavailable: {problem}')
   results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
-  return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args)
+  return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args, **attributes)
 
 
 def _check(x, kernel, bias):
@@ -131,32 +131,39 @@ def _check(x, kernel, bias):
                      f'{bias.shape}')
 
 
-@jax.custom_vjp
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, winograd: bool = True) -> jax.Array:
   """Valid, stride-1 NHWC x HWIO float32 convolution plus bias, in one pass.
 
   Equals `lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', ...) + bias` to float32
-  rounding; differentiable in all three arguments.
+  rounding; differentiable in `x`, `kernel` and `bias`. With `winograd` (the default) all
+  three passes of a 3x3 kernel use Winograd's F(2x2, 3x3) (16 instead of 36
+  multiplications per 2x2 output tile and channel pair) where the output's height and
+  width are even and the input's channels (the output gradient's, for the input
+  gradient) a multiple of 8; elsewhere, and with `winograd=False`, register-tiled direct
+  convolutions.
   """
   _check(x, kernel, bias)
   n, h, w, _ = x.shape
   kh, kw, _, cout = kernel.shape
-  return _call('forward', [(n, h - kh + 1, w - kw + 1, cout)], x, kernel, bias)[0]
+  return _call('forward', [(n, h - kh + 1, w - kw + 1, cout)], x, kernel, bias,
+               winograd=bool(winograd))[0]
 
 
-def _forward(x, kernel, bias):
-  return conv(x, kernel, bias), (x, kernel)
+def _forward(x, kernel, bias, winograd):
+  return conv(x, kernel, bias, winograd), (x, kernel)
 
 
-def _backward(residuals, dy):
+def _backward(winograd, residuals, dy):
   x, kernel = residuals
   if kernel.shape[2] % LANES == 0:
-    dx = _call('input_grad', [x.shape], dy, kernel)[0]
+    dx = _call('input_grad', [x.shape], dy, kernel, winograd=bool(winograd))[0]
   else:  # e.g. a first layer on 1-channel images, whose input gradient goes unused
     xla_conv = lambda x: jax.lax.conv_general_dilated(
         x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     dx = jax.vjp(xla_conv, x)[1](dy)[0]
-  dkernel, dbias = _call('kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy)
+  dkernel, dbias = _call('kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy,
+                         winograd=bool(winograd))
   return dx, dkernel, dbias
 
 

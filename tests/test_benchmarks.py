@@ -10,6 +10,9 @@ import pytest
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
 
+# Subprocess smoke runs of the benchmark scripts compile whole models (20-40 s each, cold):
+# CI runs them with -m slow; the default suite keeps the in-process checks below.
+@pytest.mark.slow
 def test_train_step_benchmark_writes_table_and_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
@@ -35,6 +38,7 @@ def test_train_step_benchmark_writes_table_and_json(tmp_path):
   assert 'train_step' in proc.stdout
 
 
+@pytest.mark.slow
 def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   out = tmp_path / 'peers.json'
   proc = subprocess.run(
@@ -63,6 +67,7 @@ def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
   assert params == 4_222_628
 
 
+@pytest.mark.slow
 def test_conv_layers_benchmark_times_every_pass_of_every_layer(tmp_path):
   out = tmp_path / 'conv_layers.json'
   proc = subprocess.run(
@@ -95,6 +100,7 @@ def test_conv_layer_passes_are_the_convolution_and_its_gradients():
     np.testing.assert_allclose(passes['input grad'][0](x, kernel, grad), dx, **tol)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
   out = tmp_path / 'tta.json'
@@ -125,6 +131,7 @@ def test_ablations_benchmark_runs(tmp_path):
   assert winograd['mflop_per_image'] < xla['mflop_per_image']  # fewer multiplications
 
 
+@pytest.mark.slow  # the ablations' alternative convolution; runs with test_ablations_benchmark_runs
 def test_winograd_convolution_is_the_same_convolution():
   shape, features = (2, 9, 8, 5), 7  # a 7x6 output: a padded half tile in one direction
   import jax

@@ -145,6 +145,236 @@ void ForwardImage(const float* x, int64_t h, int64_t w, int64_t cin, int64_t kh,
   }
 }
 
+// Winograd F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for the 4x4
+// input tile d under it, so the 36 multiply-adds per tile and channel pair of a 3x3 kernel
+// become 16, done as 16 matrix products (tiles x cin times cin x cout). Tiles are taken in
+// chunks per image; a chunk's transformed input V [16][tiles][cin] and products
+// M [16][tiles][cout] stay in the core's L2.
+constexpr int64_t kWinogradChunk = 30;  // tiles per chunk: five 6-row register tiles
+
+bool WinogradApplies(int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t cin) {
+  return kh == 3 && kw == 3 && ho % 2 == 0 && wo % 2 == 0 && cin % 8 == 0;
+}
+
+// U [16][cout / 16][cin][16] = G g G^T per channel pair of a 3x3 kernel [3][3][cin][cout]
+// (`flip`: the input gradient's kernel, as in PackKernel), G = [1 0 0; .5 .5 .5;
+// .5 -.5 .5; 0 0 1].
+std::vector<float> WinogradKernel(const float* w, int64_t cin, int64_t cout, bool flip) {
+  static const float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+  std::vector<float> u(16 * cin * cout);
+  for (int64_t c = 0; c < cin; ++c)
+    for (int64_t o = 0; o < cout; ++o) {
+      float g[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j)
+          g[i][j] = flip ? w[(((2 - i) * 3 + 2 - j) * cout + o) * cin + c]
+                         : w[((i * 3 + j) * cin + c) * cout + o];
+      float gg[4][3];  // G g
+      for (int a = 0; a < 4; ++a)
+        for (int j = 0; j < 3; ++j)
+          gg[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          const float v = gg[a][0] * G[b][0] + gg[a][1] * G[b][1] + gg[a][2] * G[b][2];
+          u[(((a * 4 + b) * (cout / kLanes) + o / kLanes) * cin + c) * kLanes + o % kLanes] = v;
+        }
+    }
+  return u;
+}
+
+// V [16][kWinogradChunk][cin] = B^T d B for tiles [t0, t0 + count) of an image x [h][w][cin],
+// tiles_wide tiles per row; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+void WinogradInput(const float* x, int64_t w, int64_t cin, int64_t tiles_wide, int64_t t0,
+                   int64_t count, float* vs) {
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
+    const float* d = x + (2 * ti * w + 2 * tj) * cin;
+    for (int64_t c = 0; c < cin; c += 8) {
+      v8 rows[4][4];
+      for (int r = 0; r < 4; ++r) {
+        v8 e[4];
+        for (int s = 0; s < 4; ++s) e[s] = load8(d + (r * w + s) * cin + c);
+        rows[r][0] = _mm256_sub_ps(e[0], e[2]);
+        rows[r][1] = _mm256_add_ps(e[1], e[2]);
+        rows[r][2] = _mm256_sub_ps(e[2], e[1]);
+        rows[r][3] = _mm256_sub_ps(e[1], e[3]);
+      }
+      float* vt = vs + t * cin + c;
+      const int64_t stride = kWinogradChunk * cin;
+      for (int s = 0; s < 4; ++s) {
+        store8(vt + (0 * 4 + s) * stride, _mm256_sub_ps(rows[0][s], rows[2][s]));
+        store8(vt + (1 * 4 + s) * stride, _mm256_add_ps(rows[1][s], rows[2][s]));
+        store8(vt + (2 * 4 + s) * stride, _mm256_sub_ps(rows[2][s], rows[1][s]));
+        store8(vt + (3 * 4 + s) * stride, _mm256_sub_ps(rows[1][s], rows[3][s]));
+      }
+    }
+  }
+}
+
+// m [R][cout] = v [R][cin] x u [cin][16]: one register tile of one Winograd product.
+template <int R>
+inline void ProductTile(const float* v, int64_t cin, const float* u, float* m, int64_t cout) {
+  v8 acc[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < cin; ++c) {
+    const v8 w0 = load8(u + c * kLanes), w1 = load8(u + c * kLanes + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const v8 b = splat(v + r * cin + c);
+      acc[r][0] = fma(b, w0, acc[r][0]);
+      acc[r][1] = fma(b, w1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    store8(m + r * cout, acc[r][0]);
+    store8(m + r * cout + 8, acc[r][1]);
+  }
+}
+
+// One image by Winograd, same contract as ForwardImage; `scratch` holds
+// 16 * kWinogradChunk * (cin + cout) floats.
+void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* u,
+                   const float* bias, int64_t cout, float* y, float* scratch) {
+  const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
+  float* vs = scratch;
+  float* ms = scratch + 16 * kWinogradChunk * cin;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kWinogradChunk) {
+    const int64_t count = std::min(kWinogradChunk, tiles - t0);
+    WinogradInput(x, w, cin, tiles_wide, t0, count, vs);
+    // M[p] = V[p] U[p] for the 16 positions p.
+    for (int64_t p = 0; p < 16; ++p)
+      for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
+        const float* up = u + (p * (cout / kLanes) + cb) * cin * kLanes;
+        const float* vp = vs + p * kWinogradChunk * cin;
+        float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
+        int64_t t = 0;
+        for (; t + kMaxRows <= count; t += kMaxRows)
+          ProductTile<kMaxRows>(vp + t * cin, cin, up, mp + t * cout, cout);
+        switch (count - t) {
+          case 5: ProductTile<5>(vp + t * cin, cin, up, mp + t * cout, cout); break;
+          case 4: ProductTile<4>(vp + t * cin, cin, up, mp + t * cout, cout); break;
+          case 3: ProductTile<3>(vp + t * cin, cin, up, mp + t * cout, cout); break;
+          case 2: ProductTile<2>(vp + t * cin, cin, up, mp + t * cout, cout); break;
+          case 1: ProductTile<1>(vp + t * cin, cin, up, mp + t * cout, cout); break;
+          default: break;
+        }
+      }
+    // Y = A^T M A + bias, A^T = [1 1 1 0; 0 1 -1 -1].
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
+      float* yt = y + (2 * ti * wo + 2 * tj) * cout;
+      const float* mt = ms + t * cout;
+      const int64_t stride = kWinogradChunk * cout;
+      for (int64_t o = 0; o < cout; o += 8) {
+        v8 cols[2][4];
+        for (int s = 0; s < 4; ++s) {
+          const v8 m0 = load8(mt + (0 * 4 + s) * stride + o), m1 = load8(mt + (1 * 4 + s) * stride + o);
+          const v8 m2 = load8(mt + (2 * 4 + s) * stride + o), m3 = load8(mt + (3 * 4 + s) * stride + o);
+          cols[0][s] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+          cols[1][s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+        }
+        const v8 b = load8(bias + o);
+        for (int r = 0; r < 2; ++r) {
+          const v8 y0 = _mm256_add_ps(_mm256_add_ps(cols[r][0], cols[r][1]), cols[r][2]);
+          const v8 y1 = _mm256_sub_ps(_mm256_sub_ps(cols[r][1], cols[r][2]), cols[r][3]);
+          store8(yt + r * wo * cout + o, _mm256_add_ps(y0, b));
+          store8(yt + (r * wo + 1) * cout + o, _mm256_add_ps(y1, b));
+        }
+      }
+    }
+  }
+}
+
+
+// The kernel gradient by Winograd: with Y = A^T [U * V] A and U = G g G^T, dU = sum over
+// tiles of V * (A dY A^T) and dg = G^T dU G. du [16][cin][cout] accumulates one
+// image's dU (the final G^T . G is WinogradKernelGradient's).
+template <int R>
+inline void GradProductTile(const float* v, int64_t cin, const float* dm, int64_t cout,
+                            int64_t count, float* du) {
+  v8 acc[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = load8(du + r * cout), acc[r][1] = load8(du + r * cout + 8);
+  for (int64_t t = 0; t < count; ++t) {
+    const v8 d0 = load8(dm + t * cout), d1 = load8(dm + t * cout + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const v8 b = splat(v + t * cin + r);
+      acc[r][0] = fma(b, d0, acc[r][0]);
+      acc[r][1] = fma(b, d1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) store8(du + r * cout, acc[r][0]), store8(du + r * cout + 8, acc[r][1]);
+}
+
+void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* dy,
+                       int64_t cout, float* du, float* scratch) {
+  const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
+  float* vs = scratch;
+  float* ms = scratch + 16 * kWinogradChunk * cin;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kWinogradChunk) {
+    const int64_t count = std::min(kWinogradChunk, tiles - t0);
+    WinogradInput(x, w, cin, tiles_wide, t0, count, vs);
+    // dM = A dY A^T, A = [1 0; 1 1; 1 -1; 0 -1].
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
+      const float* d = dy + (2 * ti * wo + 2 * tj) * cout;
+      float* mt = ms + t * cout;
+      const int64_t stride = kWinogradChunk * cout;
+      for (int64_t o = 0; o < cout; o += 8) {
+        const v8 d00 = load8(d + o), d01 = load8(d + cout + o);
+        const v8 d10 = load8(d + wo * cout + o), d11 = load8(d + (wo + 1) * cout + o);
+        // rows of A dY: [d0, d0 + d1, d0 - d1, -d1] for the tile's rows d0, d1
+        const v8 r[4][2] = {{d00, d01},
+                            {_mm256_add_ps(d00, d10), _mm256_add_ps(d01, d11)},
+                            {_mm256_sub_ps(d00, d10), _mm256_sub_ps(d01, d11)},
+                            {_mm256_sub_ps(_mm256_setzero_ps(), d10),
+                             _mm256_sub_ps(_mm256_setzero_ps(), d11)}};
+        for (int a = 0; a < 4; ++a) {
+          store8(mt + (a * 4 + 0) * stride + o, r[a][0]);
+          store8(mt + (a * 4 + 1) * stride + o, _mm256_add_ps(r[a][0], r[a][1]));
+          store8(mt + (a * 4 + 2) * stride + o, _mm256_sub_ps(r[a][0], r[a][1]));
+          store8(mt + (a * 4 + 3) * stride + o, _mm256_sub_ps(_mm256_setzero_ps(), r[a][1]));
+        }
+      }
+    }
+    for (int64_t p = 0; p < 16; ++p)
+      for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
+        const float* vp = vs + p * kWinogradChunk * cin;
+        const float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
+        float* dup = du + p * cin * cout + cb * kLanes;
+        int64_t c = 0;
+        for (; c + kMaxRows <= cin; c += kMaxRows)
+          GradProductTile<kMaxRows>(vp + c, cin, mp, cout, count, dup + c * cout);
+        switch (cin - c) {
+          case 5: GradProductTile<5>(vp + c, cin, mp, cout, count, dup + c * cout); break;
+          case 4: GradProductTile<4>(vp + c, cin, mp, cout, count, dup + c * cout); break;
+          case 3: GradProductTile<3>(vp + c, cin, mp, cout, count, dup + c * cout); break;
+          case 2: GradProductTile<2>(vp + c, cin, mp, cout, count, dup + c * cout); break;
+          case 1: GradProductTile<1>(vp + c, cin, mp, cout, count, dup + c * cout); break;
+          default: break;
+        }
+      }
+  }
+}
+
+// dw [3][3][cin][cout] = G^T dU G for du [16][cin][cout].
+void WinogradKernelGradient(const float* du, int64_t cin, int64_t cout, float* dw) {
+  static const float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+  const int64_t size = cin * cout;
+  for (int64_t k = 0; k < size; ++k)
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        float sum = 0.f;
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) sum += G[a][i] * G[b][j] * du[(a * 4 + b) * size + k];
+        dw[(i * 3 + j) * size + k] = sum;
+      }
+}
+
 template <int R>
 inline void KernelGradTile(const float* x, int64_t row_stride, int64_t cin, const float* dy,
                            int64_t wo, int64_t cout, int64_t rows, float* dw) {
@@ -208,18 +438,28 @@ void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const fl
 // y = conv(x, w) + bias: x [n][h][w][cin], w [kh][kw][cin][cout], bias [cout] ->
 // y [n][h-kh+1][w-kw+1][cout].
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y) {
+                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                   bool use_winograd) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
   if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
-  const std::vector<float> panels = PackKernel(w.typed_data(), kh * kw, cin, cout, false);
-  const int64_t ysize = (h - kh + 1) * (wid - kw + 1) * cout;
+  const int64_t ho = h - kh + 1, wo = wid - kw + 1, ysize = ho * wo * cout;
+  const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
+  const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cin, cout, false)
+                                             : PackKernel(w.typed_data(), kh * kw, cin, cout, false);
+  const int64_t threads = Workers(pool, n);
+  std::vector<std::vector<float>> scratch(
+      winograd ? threads : 0, std::vector<float>(16 * kWinogradChunk * (cin + cout)));
   const float* xs = x.typed_data();
   float* ys = y->typed_data();
-  ParallelFor(pool, n, Workers(pool, n), [&](int64_t, int64_t b) {
-    ForwardImage(xs + b * h * wid * cin, h, wid, cin, kh, kw, panels.data(),
-                 bias.typed_data(), cout, ys + b * ysize);
+  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
+    if (winograd)
+      WinogradImage(xs + b * h * wid * cin, h, wid, cin, panels.data(), bias.typed_data(), cout,
+                    ys + b * ysize, scratch[worker].data());
+    else
+      ForwardImage(xs + b * h * wid * cin, h, wid, cin, kh, kw, panels.data(),
+                   bias.typed_data(), cout, ys + b * ysize);
   });
   return ffi::Error::Success();
 }
@@ -228,16 +468,21 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 // dx [n][ho+kh-1][wo+kw-1][cin]. Each image of dy is zero-padded into scratch, then
 // convolved with the flipped, transposed kernel.
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> dx) {
+                     ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
   const auto dd = dy.dimensions(), wd = w.dimensions();
   const int64_t n = dd[0], ho = dd[1], wo = dd[2], cout = dd[3];
   const int64_t kh = wd[0], kw = wd[1], cin = wd[2];
   if (cin % kLanes) return ffi::Error::InvalidArgument("charjax conv: cin % 16 != 0");
-  const std::vector<float> panels = PackKernel(w.typed_data(), kh * kw, cout, cin, true);
   const int64_t hp = ho + 2 * (kh - 1), wp = wo + 2 * (kw - 1);
   const int64_t h = ho + kh - 1, wid = wo + kw - 1;
+  const bool winograd = use_winograd && WinogradApplies(kh, kw, h, wid, cout);
+  const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cout, cin, true)
+                                             : PackKernel(w.typed_data(), kh * kw, cout, cin, true);
   const int64_t threads = Workers(pool, n);
-  std::vector<std::vector<float>> scratch(threads, std::vector<float>(hp * wp * cout, 0.f));
+  // Per worker: the padded image, then the Winograd chunk buffers.
+  const int64_t padded = hp * wp * cout;
+  std::vector<std::vector<float>> scratch(
+      threads, std::vector<float>(padded + (winograd ? 16 * kWinogradChunk * (cin + cout) : 0)));
   const std::vector<float> zeros(cin, 0.f);
   const float* dys = dy.typed_data();
   float* dxs = dx->typed_data();
@@ -247,8 +492,12 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
     for (int64_t i = 0; i < ho; ++i)
       std::memcpy(pad + ((i + kh - 1) * wp + kw - 1) * cout, src + i * wo * cout,
                   wo * cout * sizeof(float));
-    ForwardImage(pad, hp, wp, cout, kh, kw, panels.data(), zeros.data(), cin,
-                 dxs + b * h * wid * cin);
+    if (winograd)
+      WinogradImage(pad, hp, wp, cout, panels.data(), zeros.data(), cin,
+                    dxs + b * h * wid * cin, pad + padded);
+    else
+      ForwardImage(pad, hp, wp, cout, kh, kw, panels.data(), zeros.data(), cin,
+                   dxs + b * h * wid * cin);
   });
   return ffi::Error::Success();
 }
@@ -257,21 +506,30 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
 // dy [n][ho][wo][cout] -> dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size
 // comes from dw's shape.
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias) {
+                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
+                      bool use_winograd) {
   const auto xd = x.dimensions(), wd = dw->dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
   if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
-  const int64_t ysize = (h - kh + 1) * (wid - kw + 1) * cout, wsize = kh * kw * cin * cout;
+  const int64_t ho = h - kh + 1, wo = wid - kw + 1, ysize = ho * wo * cout;
+  const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
+  // dU (16 positions) by Winograd, else the kernel gradient itself.
+  const int64_t wsize = (winograd ? 16 : kh * kw) * cin * cout;
   const int64_t threads = Workers(pool, n);
-  // Per worker: the kernel gradient, then the bias gradient.
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(wsize + cout, 0.f));
+  // Per worker: the kernel gradient (or dU), the bias gradient, the Winograd buffers.
+  std::vector<std::vector<float>> partial(
+      threads, std::vector<float>(wsize + cout + (winograd ? 16 * kWinogradChunk * (cin + cout) : 0), 0.f));
   const float* xs = x.typed_data();
   const float* dys = dy.typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
     float* part = partial[worker].data();
     const float* dyb = dys + b * ysize;
-    KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
+    if (winograd)
+      WinogradGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, cout, part,
+                        part + wsize + cout);
+    else
+      KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
     float* db = part + wsize;
     for (int64_t p = 0; p < ysize; p += cout)
       for (int64_t o = 0; o < cout; o += 8)
@@ -279,7 +537,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t k = 0; k < wsize + cout; ++k) partial[0][k] += partial[t][k];
-  std::memcpy(dw->typed_data(), partial[0].data(), wsize * sizeof(float));
+  if (winograd)
+    WinogradKernelGradient(partial[0].data(), cin, cout, dw->typed_data());
+  else
+    std::memcpy(dw->typed_data(), partial[0].data(), wsize * sizeof(float));
   std::memcpy(dbias->typed_data(), partial[0].data() + wsize, cout * sizeof(float));
   return ffi::Error::Success();
 }
@@ -292,14 +553,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvInputGrad, InputGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvKernelGrad, KernelGrad,
                               ffi::Ffi::Bind()
@@ -307,4 +570,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvKernelGrad, KernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("winograd"));
