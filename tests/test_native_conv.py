@@ -29,13 +29,16 @@ def _reference(x, kernel, bias):
 
 
 # (x shape, kernel shape): tiles of 6 pixels plus every remainder width, native and XLA
-# input gradients (input channels a multiple of 16 or not), non-square inputs and kernels.
+# input gradients (input channels a multiple of 16 or not), non-square inputs and kernels;
+# direct kernels (odd output sizes, other kernel sizes) and Winograd ones (3x3, even sizes).
 SHAPES = [
     ((2, 9, 9, 16), (3, 3, 16, 32)),     # 7 wide: a 6-pixel tile and a 1-pixel one
     ((3, 8, 13, 32), (3, 3, 32, 16)),    # 11 wide: 6 + 5
     ((2, 10, 10, 1), (3, 3, 1, 16)),     # one input channel: input gradient by XLA
     ((1, 7, 12, 48), (2, 4, 48, 16)),    # a 2x4 kernel
-    ((2, 6, 6, 16), (3, 3, 16, 64)),     # 4 wide, four channel blocks
+    ((2, 6, 6, 16), (3, 3, 16, 64)),     # 4 wide, four channel blocks (all by Winograd)
+    ((2, 16, 18, 32), (3, 3, 32, 32)),   # Winograd: 56 tiles per image, a 30-tile chunk + 26
+    ((1, 32, 32, 40), (3, 3, 40, 16)),   # Winograd: 225 tiles; 40 channels = 6 x 6 + 4
 ]
 
 
@@ -52,6 +55,28 @@ def test_native_conv_equals_xla_conv_and_its_gradients(x_shape, kernel_shape):
   g = jax.random.normal(kg, y.shape)
   for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape', SHAPES[-3:])
+def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
+  kx, kk, kb, kg = jax.random.split(jax.random.key(7), 4)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, kernel_shape) / 4
+  bias = jax.random.normal(kb, kernel_shape[3:])
+  g = jax.random.normal(kg, (x_shape[0], x_shape[1] - 2, x_shape[2] - 2, kernel_shape[3]))
+  results = {}
+  for winograd in (True, False):
+    y, vjp = jax.vjp(lambda x, k, b: native_conv.conv(x, k, b, winograd), x, kernel, bias)
+    results[winograd] = (y, *vjp(g))
+  for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), results[True], results[False]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()),
+                               err_msg=name)
+    # The two algorithms round differently, so inequality shows both ran (the bias
+    # gradient is one sum either way; an input gradient with input channels not a
+    # multiple of 16 is XLA's either way).
+    if name != 'dbias' and not (name == 'dx' and kernel_shape[2] % native_conv.LANES):
+      assert not np.array_equal(got, want), name
 
 
 @needs_native
