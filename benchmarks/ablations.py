@@ -1,7 +1,7 @@
 """Design choices of charjax's models, each timed against its alternative in one run.
 
 - `pool`: max-pooling as `nn.max_pool` (its gradient is XLA's select-and-scatter) versus
-  charjax's `models.max_pool_2x2` (a reshape and a max, elementwise gradient);
+  charjax's `pooling.max_pool_2x2` (a reshape and a max, elementwise gradient);
 - `relu`: ReLU before max-pooling (as the study writes the network) versus after it
   (charjax: identical output, a quarter of the ReLU's work);
 - `conv`: XLA's convolution versus Winograd's F(2x2, 3x3) algorithm written in
@@ -10,7 +10,10 @@
   the tile transforms);
 - `winograd`: charjax's native convolution (`conv_impl='native'`) with register-tiled
   direct kernels versus with its Winograd F(2x2, 3x3) kernels (charjax: transforms and
-  products per chunk of tiles in cache) for the forward pass and the input gradient;
+  products per chunk of tiles in cache) for all three passes;
+- `fusion`: the native convolution followed by `pooling.max_pool_2x2` versus the two fused
+  (`native_conv.conv_pool`: each output tile pooled as it is made, the gradients routed
+  through the saved positions inside the native kernels);
 - `dropout`: `flax.linen.Dropout` (a float32 uniform, one threefry call, per element)
   versus charjax's `dropout.Dropout` (8 or 16 random bits per element).
 
@@ -35,14 +38,15 @@ from benchmarks import timing
 from benchmarks import winograd
 from charjax import conv
 from charjax import dropout
-from charjax import models
 from charjax import native_conv
+from charjax import pooling
 
 _MODEL = flags.DEFINE_enum('model', 'exp2', list(timing.MODELS), 'Network timed.')
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
 _PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
-_CHOICES = flags.DEFINE_list('choices', ['pool', 'relu', 'conv', 'winograd', 'dropout'],
+_CHOICES = flags.DEFINE_list('choices',
+                             ['pool', 'relu', 'conv', 'winograd', 'fusion', 'dropout'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -51,12 +55,9 @@ def _flax_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-def _native_direct(x, kernel, bias, winograd=True):
-  del winograd
-  return _NATIVE_CONV(x, kernel, bias, False)
-
-
-_NATIVE_CONV = native_conv.conv
+def _never(*shapes):
+  del shapes
+  return False
 
 
 def _relu_first_pool(pool):
@@ -67,20 +68,23 @@ def _relu_first_pool(pool):
 
 # choice -> variant -> (module, attribute, replacement looked up when the model is traced)
 VARIANTS = {
-    'pool': {'flax nn.max_pool': (models, 'max_pool_2x2', _flax_pool),
-             'reshape max (charjax)': (models, 'max_pool_2x2', models.max_pool_2x2)},
-    'relu': {'relu before pool': (models, 'max_pool_2x2',
-                                  _relu_first_pool(models.max_pool_2x2)),
-             'relu after pool (charjax)': (models, 'max_pool_2x2', models.max_pool_2x2)},
+    'pool': {'flax nn.max_pool': (pooling, 'max_pool_2x2', _flax_pool),
+             'reshape max (charjax)': (pooling, 'max_pool_2x2', pooling.max_pool_2x2)},
+    'relu': {'relu before pool': (pooling, 'max_pool_2x2',
+                                  _relu_first_pool(pooling.max_pool_2x2)),
+             'relu after pool (charjax)': (pooling, 'max_pool_2x2', pooling.max_pool_2x2)},
     'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd.conv),
              'xla (charjax)': (conv, 'conv_xla', conv.conv_xla)},
-    'winograd': {'native direct': (native_conv, 'conv', _native_direct),
-                 'native winograd (charjax)': (native_conv, 'conv', native_conv.conv)},
+    'winograd': {'native direct': (native_conv, 'WINOGRAD', False),
+                 'native winograd (charjax)': (native_conv, 'WINOGRAD', True)},
+    'fusion': {'conv, then max-pool': (native_conv, 'supports_pool', _never),
+               'fused conv-pool (charjax)': (native_conv, 'supports_pool',
+                                             native_conv.supports_pool)},
     'dropout': {'flax nn.Dropout': (dropout, 'Dropout', nn.Dropout),
                 'packed bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
 }
 # The convolution implementation each choice's models use.
-CONV_IMPL = {'winograd': 'native'}
+CONV_IMPL = {'winograd': 'native', 'fusion': 'native'}
 
 
 def main(argv):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import native_conv
+from charjax import pooling
 
 IMPLS = ('auto', 'xla', 'patches', 'native')
 # Rows of the patch matrix per chunk: bounds the patches' memory, keeps GEMMs large.
@@ -91,12 +92,15 @@ def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
 class Conv2D(nn.Module):
   """Valid, stride-1 convolution with bias; `impl` is one of `IMPLS`.
 
+  With `pool`, the output is max-pooled 2x2 (`pooling.max_pool_2x2`); with 'native', as
+  one fused pass (`native_conv.conv_pool`) where the output's height and width are even.
   With 'native', shapes `native_conv.supports` rejects use XLA's convolution.
   """
   features: int
   kernel_size: Sequence[int] = (3, 3)
   impl: str = 'auto'
   kernel_init: nn.initializers.Initializer = nn.initializers.glorot_uniform()
+  pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -104,7 +108,10 @@ class Conv2D(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
     impl = resolve_impl(self.impl)
+    if impl == 'native' and self.pool and native_conv.supports_pool(x.shape, kernel.shape):
+      return native_conv.conv_pool(x, kernel, bias, native_conv.WINOGRAD)
     if impl == 'native' and native_conv.supports(x.shape, kernel.shape):
-      return native_conv.conv(x, kernel, bias)
-    conv = conv_patches if impl == 'patches' else conv_xla
-    return conv(x, kernel) + bias
+      y = native_conv.conv(x, kernel, bias, native_conv.WINOGRAD)
+    else:
+      y = (conv_patches if impl == 'patches' else conv_xla)(x, kernel) + bias
+    return pooling.max_pool_2x2(y) if self.pool else y

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from charjax import conv
 from charjax import dropout
@@ -14,48 +13,6 @@ from charjax import dropout
 # Keras's defaults: Glorot-uniform kernels, zero biases.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
 BOTTLENECK_ACTIVATIONS = {'relu': nn.relu, 'softplus': nn.softplus}
-
-
-def _windows(x):
-  n, h, w, c = x.shape
-  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pooling, stride 2, odd edges dropped (Keras's 'valid'): `nn.max_pool`'s result.
-
-  Forward is a reshape and a max; the gradient (a custom VJP) is one elementwise pass that
-  routes each output's gradient to the first maximum of its window in row-major order
-  (TF/Keras's and `nn.max_pool`'s choice where a window has ties). XLA:CPU's
-  select-and-scatter gradient of `nn.max_pool` took ~0.9 s of a ~2.9 s exp-2 train step
-  at batch 800 (`python -m benchmarks.ablations`: 306 vs 425 img/s), and autodiff of the
-  reshape-max takes several passes (equality mask, tie counts, division).
-  """
-  return _windows(x).max(axis=(2, 4))
-
-
-def _max_pool_forward(x):
-  y = max_pool_2x2(x)
-  return y, (x, y)
-
-
-def _max_pool_backward(residuals, dy):
-  x, y = residuals
-  windows = _windows(x)
-  position = (2 * jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
-              + jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)).astype(jnp.int8)
-  is_max = windows == y[:, :, None, :, None]
-  first = jnp.where(is_max, position, 4).min(axis=(2, 4), keepdims=True)
-  dx = jnp.where(position == first, dy[:, :, None, :, None], 0).reshape(
-      x.shape[0], y.shape[1] * 2, y.shape[2] * 2, x.shape[3])
-  if dx.shape != x.shape:
-    pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
-    dx = jnp.pad(dx, pad)
-  return (dx,)
-
-
-max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class SubsetCNN(nn.Module):
@@ -75,12 +32,14 @@ class SubsetCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i, features in enumerate(self.conv_features):
-      x = conv.Conv2D(features, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x)
-      if i < len(self.conv_features) - 1:
+      last = i == len(self.conv_features) - 1
+      x = conv.Conv2D(features, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT,
+                      pool=last)(x)
+      if not last:
         x = nn.relu(x)
     # relu(max_pool(x)) == max_pool(relu(x)) (ReLU is monotone); pooling first quarters
     # the ReLU's work.
-    x = nn.relu(max_pool_2x2(x))
+    x = nn.relu(x)
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
@@ -115,8 +74,8 @@ class AllClassesCNN(nn.Module):
     first, second, third = self.conv_features
     x = nn.relu(conv.Conv2D(first, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
-    x = conv.Conv2D(second, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x)
-    x = nn.relu(max_pool_2x2(x))  # == max_pool(relu(x)), a quarter of the ReLU's work
+    x = conv.Conv2D(second, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT, pool=True)(x)
+    x = nn.relu(x)  # after the pooling: == max_pool(relu(x)), a quarter of the ReLU's work
     x = nn.relu(conv.Conv2D(third, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))

@@ -29,12 +29,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from charjax import pooling
+
 SOURCE = Path(__file__).with_name('native') / 'conv.cc'
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 LANES = 16  # output channels per register tile: channel counts must be multiples of this
 _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad',
-            'kernel_grad': 'CharjaxConvKernelGrad'}
+            'kernel_grad': 'CharjaxConvKernelGrad', 'pool_forward': 'CharjaxConvPoolForward',
+            'pool_input_grad': 'CharjaxConvPoolInputGrad',
+            'pool_kernel_grad': 'CharjaxConvPoolKernelGrad'}
 _FFI_PREFIX = 'charjax_conv_'
+# Whether `conv.Conv2D` asks for Winograd's algorithm where it applies (read when a model
+# is traced; `benchmarks.ablations` times both).
+WINOGRAD = True
 
 
 def cache_dir() -> Path:
@@ -114,11 +121,19 @@ def supports(x_shape, kernel_shape) -> bool:
   return len(x_shape) == 4 and len(kernel_shape) == 4 and kernel_shape[3] % LANES == 0
 
 
-def _call(name, shapes, *args, **attributes):
+def supports_pool(x_shape, kernel_shape) -> bool:
+  """Whether `conv_pool` takes these shapes: `supports` them, and the convolution's output
+  height and width are even."""
+  return (supports(x_shape, kernel_shape) and (x_shape[1] - kernel_shape[0] + 1) % 2 == 0
+          and (x_shape[2] - kernel_shape[1] + 1) % 2 == 0)
+
+
+def _call(name, shapes, *args, dtypes=None, **attributes):
   problem = _load()
   if problem:
     raise RuntimeError(f'charjax native convolution unavailable: {problem}')
-  results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+  dtypes = dtypes or [jnp.float32] * len(shapes)
+  results = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
   return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args, **attributes)
 
 
@@ -158,13 +173,64 @@ def _backward(winograd, residuals, dy):
   x, kernel = residuals
   if kernel.shape[2] % LANES == 0:
     dx = _call('input_grad', [x.shape], dy, kernel, winograd=bool(winograd))[0]
-  else:  # e.g. a first layer on 1-channel images, whose input gradient goes unused
-    xla_conv = lambda x: jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    dx = jax.vjp(xla_conv, x)[1](dy)[0]
+  else:
+    dx = _xla_input_grad(x, kernel, dy)
   dkernel, dbias = _call('kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy,
                          winograd=bool(winograd))
   return dx, dkernel, dbias
 
 
 conv.defvjp(_forward, _backward)
+
+
+def _xla_input_grad(x, kernel, dy):
+  # e.g. a first layer on 1-channel images, whose input gradient goes unused
+  xla_conv = lambda x: jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.vjp(xla_conv, x)[1](dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+              winograd: bool = True) -> jax.Array:
+  """`pooling.max_pool_2x2(conv(x, kernel, bias, winograd))` in one pass.
+
+  Each 2x2 window of the convolution's output is pooled as it is computed (with Winograd,
+  a window is one output tile), so the full-size output never reaches memory: the kernel
+  writes the pooled values and each window's first maximum (int8, row-major), and the
+  gradients route the pooled gradient through those positions inside the native input
+  and kernel gradients. Needs `supports_pool(x.shape, kernel.shape)`.
+  """
+  return _conv_pool(x, kernel, bias, winograd)[0]
+
+
+def _conv_pool(x, kernel, bias, winograd):
+  _check(x, kernel, bias)
+  if not supports_pool(x.shape, kernel.shape):
+    raise ValueError(f'conv_pool needs an even convolution output; got {x.shape}, {kernel.shape}')
+  n, h, w, _ = x.shape
+  kh, kw, _, cout = kernel.shape
+  shape = (n, (h - kh + 1) // 2, (w - kw + 1) // 2, cout)
+  return _call('pool_forward', [shape, shape], x, kernel, bias, dtypes=[jnp.float32, jnp.int8],
+               winograd=bool(winograd))
+
+
+def _conv_pool_forward(x, kernel, bias, winograd):
+  pooled, positions = _conv_pool(x, kernel, bias, winograd)
+  return pooled, (x, kernel, positions)
+
+
+def _conv_pool_backward(winograd, residuals, dy):
+  x, kernel, positions = residuals
+  if kernel.shape[2] % LANES == 0:
+    dx = _call('pool_input_grad', [x.shape], dy, positions, kernel, winograd=bool(winograd))[0]
+  else:
+    full = (x.shape[0], x.shape[1] - kernel.shape[0] + 1, x.shape[2] - kernel.shape[1] + 1,
+            kernel.shape[3])
+    dx = _xla_input_grad(x, kernel, pooling.unpool(dy, positions, full))
+  dkernel, dbias = _call('pool_kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy, positions,
+                         winograd=bool(winograd))
+  return dx, dkernel, dbias
+
+
+conv_pool.defvjp(_conv_pool_forward, _conv_pool_backward)

@@ -8,6 +8,7 @@ import pytest
 
 from charjax import conv
 from charjax import models
+from charjax import pooling
 
 
 def param_count(model, image_size):
@@ -92,10 +93,10 @@ def test_conv_impl_resolution_and_loop_unrolling():
 
 def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient():
   x = jax.random.normal(jax.random.key(0), (3, 7, 6, 4))  # odd height: last row dropped
-  np.testing.assert_array_equal(models.max_pool_2x2(x),
+  np.testing.assert_array_equal(pooling.max_pool_2x2(x),
                                 nn.max_pool(x, (2, 2), strides=(2, 2)))
   loss = lambda pool: (lambda x: jnp.sum(jnp.sin(pool(x))))
-  np.testing.assert_allclose(jax.grad(loss(models.max_pool_2x2))(x),
+  np.testing.assert_allclose(jax.grad(loss(pooling.max_pool_2x2))(x),
                              jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x),
                              rtol=1e-6)
 
@@ -115,7 +116,7 @@ def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
 
 def test_max_pool_gradient_goes_to_the_first_maximum_of_a_window_like_flax():
   x = jnp.array([[1., 3., 0., 0.], [3., 2., 0., 0.]]).reshape(1, 2, 4, 1)  # two tied windows
-  pooled, vjp = jax.vjp(models.max_pool_2x2, x)
+  pooled, vjp = jax.vjp(pooling.max_pool_2x2, x)
   np.testing.assert_array_equal(pooled.ravel(), [3., 0.])
   got = vjp(jnp.array([10., 20.]).reshape(1, 1, 2, 1))[0]
   np.testing.assert_array_equal(got.reshape(2, 4), [[0., 10., 20., 0.], [0., 0., 0., 0.]])
@@ -126,5 +127,5 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_a_window_like_flax():
 
 def test_relu_after_pooling_equals_relu_before_pooling():
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 5))
-  np.testing.assert_array_equal(nn.relu(models.max_pool_2x2(x)),
-                                models.max_pool_2x2(nn.relu(x)))
+  np.testing.assert_array_equal(nn.relu(pooling.max_pool_2x2(x)),
+                                pooling.max_pool_2x2(nn.relu(x)))

@@ -13,6 +13,7 @@ from charjax import conv
 from charjax import host_memory
 from charjax import models
 from charjax import native_conv
+from charjax import pooling
 
 needs_native = pytest.mark.skipif(
     native_conv._cpu_problem() is not None, reason=f'{native_conv._cpu_problem()}')
@@ -77,6 +78,46 @@ def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
     # multiple of 16 is XLA's either way).
     if name != 'dbias' and not (name == 'dx' and kernel_shape[2] % native_conv.LANES):
       assert not np.array_equal(got, want), name
+
+
+# (x shape, kernel shape, winograd): the fused convolution and pooling by Winograd and by
+# direct kernels (a 2x4 kernel; winograd=False), and on one-channel input (input gradient
+# by XLA from the unpooled gradient).
+POOL_CASES = [
+    ((2, 10, 12, 16), (3, 3, 16, 32), True),
+    ((2, 10, 12, 16), (3, 3, 16, 32), False),
+    ((1, 7, 13, 48), (2, 4, 48, 16), True),
+    ((2, 10, 10, 1), (3, 3, 1, 16), True),
+]
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape,winograd', POOL_CASES)
+@pytest.mark.parametrize('ties', [False, True])
+def test_conv_pool_equals_conv_then_max_pool_and_its_gradients(x_shape, kernel_shape, winograd,
+                                                                ties):
+  kx, kk, kb, kg = jax.random.split(jax.random.key(3), 4)
+  # With ties, every output equals its bias: the gradient goes to each window's first element.
+  x = jnp.zeros(x_shape) if ties else jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, kernel_shape) / 4
+  bias = jax.random.normal(kb, kernel_shape[3:])
+  fused = jax.jit(lambda x, k, b: native_conv.conv_pool(x, k, b, winograd))
+  y, vjp = jax.vjp(fused, x, kernel, bias)
+  y_ref, vjp_ref = jax.vjp(lambda x, k, b: pooling.max_pool_2x2(_reference(x, k, b)),
+                           x, kernel, bias)
+  assert y.shape == y_ref.shape
+  g = jax.random.normal(kg, y.shape)
+  for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), (y, *vjp(g)), (y_ref, *vjp_ref(g))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()),
+                               err_msg=name)
+
+
+@needs_native
+def test_conv_pool_needs_an_even_output():
+  assert native_conv.supports_pool((1, 10, 12, 16), (3, 3, 16, 16))
+  assert not native_conv.supports_pool((1, 9, 12, 16), (3, 3, 16, 16))
+  with pytest.raises(ValueError, match='even'):
+    native_conv.conv_pool(jnp.ones((1, 9, 12, 16)), jnp.ones((3, 3, 16, 16)), jnp.ones((16,)))
 
 
 @needs_native

@@ -145,6 +145,55 @@ void ForwardImage(const float* x, int64_t h, int64_t w, int64_t cin, int64_t kh,
   }
 }
 
+// 2x2 max-pooling of four vectors (a window's positions in row-major order): stores the
+// maximum and the position of its first occurrence (0-3) for 8 channels.
+inline void PoolStore(const v8 (&v)[4], float* out, int8_t* position) {
+  v8 best = v[0], at = _mm256_setzero_ps();
+  for (int q = 1; q < 4; ++q) {
+    const v8 greater = _mm256_cmp_ps(v[q], best, _CMP_GT_OQ);
+    best = _mm256_blendv_ps(best, v[q], greater);
+    at = _mm256_blendv_ps(at, _mm256_set1_ps(static_cast<float>(q)), greater);
+  }
+  store8(out, best);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_cvttps_epi32(at));
+  for (int l = 0; l < 8; ++l) position[l] = static_cast<int8_t>(lanes[l]);
+}
+
+// Pools one image y [ho][wo][cout] (ho, wo even) into out [ho/2][wo/2][cout] and position.
+void PoolImage(const float* y, int64_t ho, int64_t wo, int64_t cout, float* out,
+               int8_t* position) {
+  for (int64_t i = 0; i < ho / 2; ++i)
+    for (int64_t j = 0; j < wo / 2; ++j)
+      for (int64_t o = 0; o < cout; o += 8) {
+        const float* w = y + (2 * i * wo + 2 * j) * cout + o;
+        const v8 v[4] = {load8(w), load8(w + cout), load8(w + wo * cout),
+                         load8(w + (wo + 1) * cout)};
+        const int64_t at = (i * (wo / 2) + j) * cout + o;
+        PoolStore(v, out + at, position + at);
+      }
+}
+
+// The gradient of PoolImage: dy [ho/2][wo/2][cout] goes to each window's first maximum,
+// zeros elsewhere, into dst (rows `row_stride` floats apart).
+void UnpoolImage(const float* dy, const int8_t* position, int64_t ho, int64_t wo, int64_t cout,
+                 float* dst, int64_t row_stride) {
+  for (int64_t i = 0; i < ho / 2; ++i)
+    for (int64_t j = 0; j < wo / 2; ++j)
+      for (int64_t o = 0; o < cout; o += 8) {
+        const int64_t at = (i * (wo / 2) + j) * cout + o;
+        const v8 d = load8(dy + at);
+        int64_t bytes;
+        std::memcpy(&bytes, position + at, 8);
+        const v8 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes)));
+        float* w = dst + 2 * i * row_stride + 2 * j * cout + o;
+        float* targets[4] = {w, w + cout, w + row_stride, w + row_stride + cout};
+        for (int k = 0; k < 4; ++k)
+          store8(targets[k], _mm256_and_ps(
+              d, _mm256_cmp_ps(q, _mm256_set1_ps(static_cast<float>(k)), _CMP_EQ_OQ)));
+      }
+}
+
 // Winograd F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for the 4x4
 // input tile d under it, so the 36 multiply-adds per tile and channel pair of a 3x3 kernel
 // become 16, done as 16 matrix products (tiles x cin times cin x cout). Tiles are taken in
@@ -234,9 +283,11 @@ inline void ProductTile(const float* v, int64_t cin, const float* u, float* m, i
 }
 
 // One image by Winograd, same contract as ForwardImage; `scratch` holds
-// 16 * kWinogradChunk * (cin + cout) floats.
+// 16 * kWinogradChunk * (cin + cout) floats. With `position`, each 2x2 output tile is
+// max-pooled as it is made: y [ho/2][wo/2][cout] and position as PoolImage writes them.
 void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* u,
-                   const float* bias, int64_t cout, float* y, float* scratch) {
+                   const float* bias, int64_t cout, float* y, float* scratch,
+                   int8_t* position = nullptr) {
   const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
   float* vs = scratch;
   float* ms = scratch + 16 * kWinogradChunk * cin;
@@ -276,11 +327,21 @@ void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const floa
           cols[1][s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
         }
         const v8 b = load8(bias + o);
+        v8 out[4];  // the tile's outputs in row-major order
         for (int r = 0; r < 2; ++r) {
-          const v8 y0 = _mm256_add_ps(_mm256_add_ps(cols[r][0], cols[r][1]), cols[r][2]);
-          const v8 y1 = _mm256_sub_ps(_mm256_sub_ps(cols[r][1], cols[r][2]), cols[r][3]);
-          store8(yt + r * wo * cout + o, _mm256_add_ps(y0, b));
-          store8(yt + (r * wo + 1) * cout + o, _mm256_add_ps(y1, b));
+          out[2 * r] = _mm256_add_ps(
+              _mm256_add_ps(_mm256_add_ps(cols[r][0], cols[r][1]), cols[r][2]), b);
+          out[2 * r + 1] = _mm256_add_ps(
+              _mm256_sub_ps(_mm256_sub_ps(cols[r][1], cols[r][2]), cols[r][3]), b);
+        }
+        if (position) {
+          const int64_t at = (t0 + t) * cout + o;
+          PoolStore(out, y + at, position + at);
+        } else {
+          for (int r = 0; r < 2; ++r) {
+            store8(yt + r * wo * cout + o, out[2 * r]);
+            store8(yt + (r * wo + 1) * cout + o, out[2 * r + 1]);
+          }
         }
       }
     }
@@ -436,45 +497,71 @@ void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const fl
 }
 
 // y = conv(x, w) + bias: x [n][h][w][cin], w [kh][kw][cin][cout], bias [cout] ->
-// y [n][h-kh+1][w-kw+1][cout].
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                   bool use_winograd) {
+// y [n][h-kh+1][w-kw+1][cout]; with `positions`, y is max-pooled 2x2 as it is made,
+// y [n][ho/2][wo/2][cout] and positions (the first maximum's place in each window, 0-3).
+ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> bias, float* ys, int8_t* positions,
+                       bool use_winograd) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
   if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
-  const int64_t ho = h - kh + 1, wo = wid - kw + 1, ysize = ho * wo * cout;
+  const int64_t ho = h - kh + 1, wo = wid - kw + 1;
+  if (positions && (ho % 2 || wo % 2))
+    return ffi::Error::InvalidArgument("charjax conv: pooling needs an even output size");
+  const int64_t ysize = positions ? ho / 2 * (wo / 2) * cout : ho * wo * cout;
   const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
   const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cin, cout, false)
                                              : PackKernel(w.typed_data(), kh * kw, cin, cout, false);
   const int64_t threads = Workers(pool, n);
-  std::vector<std::vector<float>> scratch(
-      winograd ? threads : 0, std::vector<float>(16 * kWinogradChunk * (cin + cout)));
+  // Per worker: the Winograd chunk buffers, or the unpooled output of a direct pass.
+  const int64_t scratch_size =
+      winograd ? 16 * kWinogradChunk * (cin + cout) : (positions ? ho * wo * cout : 0);
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_size));
   const float* xs = x.typed_data();
-  float* ys = y->typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
-    if (winograd)
-      WinogradImage(xs + b * h * wid * cin, h, wid, cin, panels.data(), bias.typed_data(), cout,
-                    ys + b * ysize, scratch[worker].data());
-    else
-      ForwardImage(xs + b * h * wid * cin, h, wid, cin, kh, kw, panels.data(),
-                   bias.typed_data(), cout, ys + b * ysize);
+    const float* xb = xs + b * h * wid * cin;
+    float* yb = ys + b * ysize;
+    int8_t* pb = positions ? positions + b * ysize : nullptr;
+    float* work = scratch[worker].data();
+    if (winograd) {
+      WinogradImage(xb, h, wid, cin, panels.data(), bias.typed_data(), cout, yb, work, pb);
+    } else if (pb) {
+      ForwardImage(xb, h, wid, cin, kh, kw, panels.data(), bias.typed_data(), cout, work);
+      PoolImage(work, ho, wo, cout, yb, pb);
+    } else {
+      ForwardImage(xb, h, wid, cin, kh, kw, panels.data(), bias.typed_data(), cout, yb);
+    }
   });
   return ffi::Error::Success();
 }
 
-// dx = d conv(x, w) / dx applied to dy: dy [n][ho][wo][cout], w [kh][kw][cin][cout] ->
-// dx [n][ho+kh-1][wo+kw-1][cin]. Each image of dy is zero-padded into scratch, then
-// convolved with the flipped, transposed kernel.
-ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
-  const auto dd = dy.dimensions(), wd = w.dimensions();
-  const int64_t n = dd[0], ho = dd[1], wo = dd[2], cout = dd[3];
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                   bool use_winograd) {
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, use_winograd);
+}
+
+ffi::Error ForwardPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::S8> positions, bool use_winograd) {
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), positions->typed_data(), use_winograd);
+}
+
+// dx = d conv(x, w) / dx applied to dy [n][ho][wo][cout] (with `positions`: the pooled
+// gradient [n][ho/2][wo/2][cout], routed to each window's first maximum), w
+// [kh][kw][cin][cout] -> dx [n][ho+kh-1][wo+kw-1][cin]. Each image of dy is zero-padded
+// into scratch, then convolved with the flipped, transposed kernel.
+ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* positions,
+                         int64_t n, int64_t ho, int64_t wo, int64_t cout,
+                         ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32>& dx,
+                         bool use_winograd) {
+  const auto wd = w.dimensions();
   const int64_t kh = wd[0], kw = wd[1], cin = wd[2];
   if (cin % kLanes) return ffi::Error::InvalidArgument("charjax conv: cin % 16 != 0");
   const int64_t hp = ho + 2 * (kh - 1), wp = wo + 2 * (kw - 1);
   const int64_t h = ho + kh - 1, wid = wo + kw - 1;
+  const int64_t dysize = positions ? ho / 2 * (wo / 2) * cout : ho * wo * cout;
   const bool winograd = use_winograd && WinogradApplies(kh, kw, h, wid, cout);
   const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cout, cin, true)
                                              : PackKernel(w.typed_data(), kh * kw, cout, cin, true);
@@ -484,14 +571,16 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   std::vector<std::vector<float>> scratch(
       threads, std::vector<float>(padded + (winograd ? 16 * kWinogradChunk * (cin + cout) : 0)));
   const std::vector<float> zeros(cin, 0.f);
-  const float* dys = dy.typed_data();
   float* dxs = dx->typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
     float* pad = scratch[worker].data();
-    const float* src = dys + b * ho * wo * cout;
-    for (int64_t i = 0; i < ho; ++i)
-      std::memcpy(pad + ((i + kh - 1) * wp + kw - 1) * cout, src + i * wo * cout,
-                  wo * cout * sizeof(float));
+    float* interior = pad + ((kh - 1) * wp + kw - 1) * cout;
+    const float* src = dys + b * dysize;
+    if (positions)
+      UnpoolImage(src, positions + b * dysize, ho, wo, cout, interior, wp * cout);
+    else
+      for (int64_t i = 0; i < ho; ++i)
+        std::memcpy(interior + i * wp * cout, src + i * wo * cout, wo * cout * sizeof(float));
     if (winograd)
       WinogradImage(pad, hp, wp, cout, panels.data(), zeros.data(), cin,
                     dxs + b * h * wid * cin, pad + padded);
@@ -502,29 +591,51 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   return ffi::Error::Success();
 }
 
-// (dw, dbias) = the gradients of conv(x, w) + bias applied to dy: x [n][h][w][cin],
-// dy [n][ho][wo][cout] -> dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size
-// comes from dw's shape.
-ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
-                      bool use_winograd) {
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
+  const auto dd = dy.dimensions();
+  return InputGradImpl(pool, dy.typed_data(), nullptr, dd[0], dd[1], dd[2], dd[3], w, dx,
+                       use_winograd);
+}
+
+ffi::Error InputGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                         ffi::Buffer<ffi::S8> positions, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
+  const auto dd = dy.dimensions();
+  return InputGradImpl(pool, dy.typed_data(), positions.typed_data(), dd[0], 2 * dd[1],
+                       2 * dd[2], dd[3], w, dx, use_winograd);
+}
+
+// (dw, dbias) = the gradients of conv(x, w) + bias applied to dy (with `positions`: the
+// pooled gradient, as in InputGradImpl): x [n][h][w][cin], dy [n][ho][wo][cout] ->
+// dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size comes from dw's shape.
+ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const float* dys,
+                          const int8_t* positions, ffi::ResultBuffer<ffi::F32>& dw,
+                          ffi::ResultBuffer<ffi::F32>& dbias, bool use_winograd) {
   const auto xd = x.dimensions(), wd = dw->dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
   if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
   const int64_t ho = h - kh + 1, wo = wid - kw + 1, ysize = ho * wo * cout;
+  const int64_t dysize = positions ? ho / 2 * (wo / 2) * cout : ysize;
   const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
   // dU (16 positions) by Winograd, else the kernel gradient itself.
   const int64_t wsize = (winograd ? 16 : kh * kw) * cin * cout;
+  const int64_t work = (winograd ? 16 * kWinogradChunk * (cin + cout) : 0);
   const int64_t threads = Workers(pool, n);
-  // Per worker: the kernel gradient (or dU), the bias gradient, the Winograd buffers.
+  // Per worker: the kernel gradient (or dU), the bias gradient, the Winograd buffers, the
+  // unpooled output gradient.
   std::vector<std::vector<float>> partial(
-      threads, std::vector<float>(wsize + cout + (winograd ? 16 * kWinogradChunk * (cin + cout) : 0), 0.f));
+      threads, std::vector<float>(wsize + cout + work + (positions ? ysize : 0), 0.f));
   const float* xs = x.typed_data();
-  const float* dys = dy.typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
     float* part = partial[worker].data();
-    const float* dyb = dys + b * ysize;
+    const float* dyb = dys + b * dysize;
+    if (positions) {
+      float* unpooled = part + wsize + cout + work;
+      UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
+      dyb = unpooled;
+    }
     if (winograd)
       WinogradGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, cout, part,
                         part + wsize + cout);
@@ -545,30 +656,63 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
+                      bool use_winograd) {
+  return KernelGradImpl(pool, x, dy.typed_data(), nullptr, dw, dbias, use_winograd);
+}
+
+ffi::Error KernelGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::S8> positions,
+                          ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
+                          bool use_winograd) {
+  return KernelGradImpl(pool, x, dy.typed_data(), positions.typed_data(), dw, dbias,
+                        use_winograd);
+}
+
 }  // namespace
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S8 = ffi::Buffer<ffi::S8>;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>()
                                   .Attr<bool>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvInputGrad, InputGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<F32>().Arg<F32>()
+                                  .Ret<F32>()
                                   .Attr<bool>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvKernelGrad, KernelGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>()
+                                  .Attr<bool>("winograd"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolForward, ForwardPool,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<S8>()
+                                  .Attr<bool>("winograd"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolInputGrad, InputGradPool,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<S8>().Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<bool>("winograd"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolKernelGrad, KernelGradPool,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<S8>()
+                                  .Ret<F32>().Ret<F32>()
                                   .Attr<bool>("winograd"));
