@@ -1,7 +1,8 @@
 """charjax's own CPU convolution: `native/conv.cc`, built on first use, called via XLA FFI.
 
-XLA:CPU's convolution runs the kernel gradient of exp 2's second layer at ~75 GFLOP/s on
-2 cores; the register-tiled kernels in `native/conv.cc` run it at ~110-150 (see
+XLA:CPU's convolution runs the three passes of exp 2's second layer at 60-90 GFLOP/s on 2
+cores; the kernels in `native/conv.cc` (Winograd F(2x2, 3x3) for 3x3 layers, register-tiled
+direct convolutions elsewhere) do the same work in about a third of the time (see
 `benchmarks.conv_layers`). The source is compiled once per machine with the system's C++
 compiler (`$CXX`, else `g++`) and `-march=native` into a cache directory
 (`$CHARJAX_NATIVE_CACHE`, else `~/.cache/charjax`), keyed by a hash of the source, the
@@ -12,6 +13,7 @@ and `conv.resolve_impl('auto')` picks XLA's convolution instead.
 `conv(x, kernel, bias)` is a valid, stride-1 NHWC x HWIO convolution plus bias with a
 custom VJP: the input gradient and the kernel and bias gradients are native kernels too
 (the input gradient falls back to XLA where the input channels are not a multiple of 16).
+`conv_pool(x, kernel, bias)` is the same convolution followed by 2x2 max-pooling, fused.
 """
 
 from __future__ import annotations

@@ -1,14 +1,22 @@
 // Valid, stride-1 NHWC x HWIO convolutions for XLA:CPU as XLA FFI handlers.
 //
-// Register-tiled direct convolutions (no patch matrix in memory): a tile is R output
-// pixels of one row times 16 output channels, accumulated in 2R vector registers (starting
-// from the bias) over every tap and input channel. The input gradient is the same kernel run on the output
-// gradient, zero-padded one image at a time, with the kernel flipped and transposed; the
-// kernel gradient tiles R input channels times 16 output channels and sums over pixels;
-// the bias gradient is summed with it.
-// Work is split over images between the calling thread and XLA's intra-op thread pool.
-// Written with GCC vector extensions and compiled with -march=native by
-// charjax/native_conv.py, so the same source gives AVX2/FMA, AVX-512 or NEON code.
+// Three algorithms, all without a patch matrix in memory:
+// - Winograd F(2x2, 3x3) for 3x3 kernels with even output sizes: per image, chunks of
+//   2x2 output tiles are transformed, multiplied as 16 register-tiled matrix products and
+//   transformed back (forward and input gradient), or summed into the transformed kernel
+//   gradient (kernel gradient).
+// - Register-tiled direct convolutions elsewhere: a tile is R output pixels of one row
+//   times 16 output channels, accumulated in 2R vector registers (starting from the bias)
+//   over every tap and input channel; the kernel gradient tiles R input channels times 16
+//   output channels and sums over pixels.
+// - Either one followed by 2x2 max-pooling in the same pass (the *Pool handlers), which
+//   saves each window's first maximum; their gradients route the pooled gradient through
+//   those positions one image at a time.
+// The input gradient is the forward code run on the output gradient, zero-padded one image
+// at a time, with the kernel flipped and transposed; the bias gradient is summed with the
+// kernel gradient. Work is split over images between the calling thread and XLA's
+// intra-op thread pool. Written with AVX2/FMA intrinsics; charjax/native_conv.py compiles
+// it with -march=native on x86-64 CPUs that have both.
 
 #include <algorithm>
 #include <atomic>
