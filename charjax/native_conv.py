@@ -1,8 +1,8 @@
 """charjax's own CPU convolution: `native/conv.cc`, built on first use, called via XLA FFI.
 
-XLA:CPU's convolution runs the three passes of exp 2's second layer at 60-90 GFLOP/s on 2
+XLA:CPU's convolution runs the three passes of exp 2's second layer at 90-160 GFLOP/s on 2
 cores; the kernels in `native/conv.cc` (Winograd F(2x2, 3x3) for 3x3 layers, register-tiled
-direct convolutions elsewhere) do the same work in about a third of the time (see
+direct convolutions elsewhere) do the same work in about half the time (see
 `benchmarks.conv_layers`). The source is compiled once per machine with the system's C++
 compiler (`$CXX`, else `g++`) and `-march=native` into a cache directory
 (`$CHARJAX_NATIVE_CACHE`, else `~/.cache/charjax`), keyed by a hash of the source, the

@@ -53,6 +53,7 @@ def test_peers_benchmark_runs_with_or_without_peers(tmp_path):
   assert all('bound_speedup' in r and 'bound_numpy_speedup' in r for r in rows[4:])
 
 
+@pytest.mark.slow  # compiles exp 2's step three ways (~20 s cold)
 def test_peers_bound_is_the_matmul_scaled_to_the_train_steps_flops():
   from benchmarks import timing
   calls, params = timing.charjax_calls('exp2', 2, matmul_size=64)

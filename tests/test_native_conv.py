@@ -80,20 +80,20 @@ def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
       assert not np.array_equal(got, want), name
 
 
-# (x shape, kernel shape, winograd): the fused convolution and pooling by Winograd and by
-# direct kernels (a 2x4 kernel; winograd=False), and on one-channel input (input gradient
-# by XLA from the unpooled gradient).
+# (x shape, kernel shape, winograd, ties): the fused convolution and pooling by Winograd
+# and by direct kernels (winograd=False; a 2x4 kernel), on one-channel input (input
+# gradient by XLA from the unpooled gradient), and on windows of equal values.
 POOL_CASES = [
-    ((2, 10, 12, 16), (3, 3, 16, 32), True),
-    ((2, 10, 12, 16), (3, 3, 16, 32), False),
-    ((1, 7, 13, 48), (2, 4, 48, 16), True),
-    ((2, 10, 10, 1), (3, 3, 1, 16), True),
+    ((2, 10, 12, 16), (3, 3, 16, 32), True, False),
+    ((2, 10, 12, 16), (3, 3, 16, 32), True, True),
+    ((2, 10, 12, 16), (3, 3, 16, 32), False, False),
+    ((1, 7, 13, 48), (2, 4, 48, 16), True, True),
+    ((2, 10, 10, 1), (3, 3, 1, 16), True, False),
 ]
 
 
 @needs_native
-@pytest.mark.parametrize('x_shape,kernel_shape,winograd', POOL_CASES)
-@pytest.mark.parametrize('ties', [False, True])
+@pytest.mark.parametrize('x_shape,kernel_shape,winograd,ties', POOL_CASES)
 def test_conv_pool_equals_conv_then_max_pool_and_its_gradients(x_shape, kernel_shape, winograd,
                                                                 ties):
   kx, kk, kb, kg = jax.random.split(jax.random.key(3), 4)
