@@ -27,6 +27,7 @@
 #include <immintrin.h>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -43,6 +44,74 @@ inline v8 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline void store8(float* p, v8 v) { _mm256_storeu_ps(p, v); }
 inline v8 splat(const float* p) { return _mm256_broadcast_ss(p); }
 inline v8 fma(v8 a, v8 b, v8 c) { return _mm256_fmadd_ps(a, b, c); }
+
+// Register tiles: R rows (pixels, tiles or input channels) times 16 output channels,
+// accumulated in 2R vector registers; R is a template argument so the tile stays in
+// registers.
+
+// acc[r] += x[r * cin + c] * w[c][0..16] for c < cin.
+template <int R>
+inline void AccumulateRows(v8 (&acc)[R][2], const float* x, int64_t cin, const float* w) {
+  for (int64_t c = 0; c < cin; ++c) {
+    const v8 w0 = load8(w + c * kLanes), w1 = load8(w + c * kLanes + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const v8 b = splat(x + r * cin + c);
+      acc[r][0] = fma(b, w0, acc[r][0]);
+      acc[r][1] = fma(b, w1, acc[r][1]);
+    }
+  }
+}
+
+template <int R>
+inline void StoreRows(v8 (&acc)[R][2], float* y, int64_t stride) {
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    store8(y + r * stride, acc[r][0]);
+    store8(y + r * stride + 8, acc[r][1]);
+  }
+}
+
+// out[r][0..16] += sum over i < rows, t < count of
+// x[i * x_row + t * cin + r] * dy[i * dy_row + t * cout + 0..16] (rows `cout` apart in
+// out): a kernel gradient's tile, R input channels times 16 output channels.
+template <int R>
+inline void OuterProductTile(const float* x, int64_t x_row, int64_t cin, const float* dy,
+                             int64_t dy_row, int64_t cout, int64_t rows, int64_t count,
+                             float* out) {
+  v8 acc[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = load8(out + r * cout), acc[r][1] = load8(out + r * cout + 8);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t t = 0; t < count; ++t) {
+      const float* d = dy + i * dy_row + t * cout;
+      const v8 d0 = load8(d), d1 = load8(d + 8);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const v8 b = splat(x + i * x_row + t * cin + r);
+        acc[r][0] = fma(b, d0, acc[r][0]);
+        acc[r][1] = fma(b, d1, acc[r][1]);
+      }
+    }
+  StoreRows(acc, out, cout);
+}
+
+// Covers [0, count) with tiles of kMaxRows rows and one smaller remainder tile, calling
+// tile(std::integral_constant<int, R>, start) for each.
+template <typename F>
+inline void ForEachTile(int64_t count, F&& tile) {
+  int64_t start = 0;
+  for (; start + kMaxRows <= count; start += kMaxRows)
+    tile(std::integral_constant<int, kMaxRows>{}, start);
+  switch (count - start) {
+    case 5: tile(std::integral_constant<int, 5>{}, start); break;
+    case 4: tile(std::integral_constant<int, 4>{}, start); break;
+    case 3: tile(std::integral_constant<int, 3>{}, start); break;
+    case 2: tile(std::integral_constant<int, 2>{}, start); break;
+    case 1: tile(std::integral_constant<int, 1>{}, start); break;
+    default: break;
+  }
+}
 
 // Runs body(item) for item in [0, count) on the caller and up to threads - 1 pool tasks.
 // Items are claimed from a shared counter, so the caller finishes the work alone if the
@@ -104,24 +173,10 @@ inline void ForwardTile(const float* x, int64_t row_stride, int64_t cin, int64_t
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) acc[r][0] = b0, acc[r][1] = b1;
   for (int64_t di = 0; di < kh; ++di)
-    for (int64_t dj = 0; dj < kw; ++dj) {
-      const float* xp = x + di * row_stride + dj * cin;
-      const float* wp = panel + (di * kw + dj) * cin * kLanes;
-      for (int64_t c = 0; c < cin; ++c) {
-        const v8 w0 = load8(wp + c * kLanes), w1 = load8(wp + c * kLanes + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; ++r) {
-          const v8 b = splat(xp + r * cin + c);
-          acc[r][0] = fma(b, w0, acc[r][0]);
-          acc[r][1] = fma(b, w1, acc[r][1]);
-        }
-      }
-    }
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    store8(y + r * cout, acc[r][0]);
-    store8(y + r * cout + 8, acc[r][1]);
-  }
+    for (int64_t dj = 0; dj < kw; ++dj)
+      AccumulateRows(acc, x + di * row_stride + dj * cin, cin,
+                     panel + (di * kw + dj) * cin * kLanes);
+  StoreRows(acc, y, cout);
 }
 
 // One image: x [h][w][cin] -> y [h - kh + 1][w - kw + 1][cout] (+ bias [cout]), panels
@@ -133,23 +188,11 @@ void ForwardImage(const float* x, int64_t h, int64_t w, int64_t cin, int64_t kh,
   for (int64_t i = 0; i < ho; ++i) {
     const float* xr = x + i * row_stride;
     float* yr = y + i * wo * cout;
-    for (int64_t j = 0; j < wo; j += kMaxRows) {
-      const float* xj = xr + j * cin;
-      for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
-        const float* panel = panels + cb * panel_size;
-        const float* bc = bias + cb * kLanes;
-        float* yj = yr + j * cout + cb * kLanes;
-        switch (std::min<int64_t>(wo - j, kMaxRows)) {
-          case 6: ForwardTile<6>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          case 5: ForwardTile<5>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          case 4: ForwardTile<4>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          case 3: ForwardTile<3>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          case 2: ForwardTile<2>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          case 1: ForwardTile<1>(xj, row_stride, cin, kh, kw, panel, bc, yj, cout); break;
-          default: break;
-        }
-      }
-    }
+    ForEachTile(wo, [&](auto rows, int64_t j) {
+      for (int64_t cb = 0; cb < cout / kLanes; ++cb)
+        ForwardTile<rows>(xr + j * cin, row_stride, cin, kh, kw, panels + cb * panel_size,
+                          bias + cb * kLanes, yr + j * cout + cb * kLanes, cout);
+    });
   }
 }
 
@@ -268,28 +311,6 @@ void WinogradInput(const float* x, int64_t w, int64_t cin, int64_t tiles_wide, i
   }
 }
 
-// m [R][cout] = v [R][cin] x u [cin][16]: one register tile of one Winograd product.
-template <int R>
-inline void ProductTile(const float* v, int64_t cin, const float* u, float* m, int64_t cout) {
-  v8 acc[R][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < cin; ++c) {
-    const v8 w0 = load8(u + c * kLanes), w1 = load8(u + c * kLanes + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      const v8 b = splat(v + r * cin + c);
-      acc[r][0] = fma(b, w0, acc[r][0]);
-      acc[r][1] = fma(b, w1, acc[r][1]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    store8(m + r * cout, acc[r][0]);
-    store8(m + r * cout + 8, acc[r][1]);
-  }
-}
-
 // One image by Winograd, same contract as ForwardImage; `scratch` holds
 // 16 * kWinogradChunk * (cin + cout) floats. With `position`, each 2x2 output tile is
 // max-pooled as it is made: y [ho/2][wo/2][cout] and position as PoolImage writes them.
@@ -308,17 +329,12 @@ void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const floa
         const float* up = u + (p * (cout / kLanes) + cb) * cin * kLanes;
         const float* vp = vs + p * kWinogradChunk * cin;
         float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
-        int64_t t = 0;
-        for (; t + kMaxRows <= count; t += kMaxRows)
-          ProductTile<kMaxRows>(vp + t * cin, cin, up, mp + t * cout, cout);
-        switch (count - t) {
-          case 5: ProductTile<5>(vp + t * cin, cin, up, mp + t * cout, cout); break;
-          case 4: ProductTile<4>(vp + t * cin, cin, up, mp + t * cout, cout); break;
-          case 3: ProductTile<3>(vp + t * cin, cin, up, mp + t * cout, cout); break;
-          case 2: ProductTile<2>(vp + t * cin, cin, up, mp + t * cout, cout); break;
-          case 1: ProductTile<1>(vp + t * cin, cin, up, mp + t * cout, cout); break;
-          default: break;
-        }
+        ForEachTile(count, [&](auto rows, int64_t t) {
+          v8 acc[rows][2];
+          for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+          AccumulateRows(acc, vp + t * cin, cin, up);
+          StoreRows(acc, mp + t * cout, cout);
+        });
       }
     // Y = A^T M A + bias, A^T = [1 1 1 0; 0 1 -1 -1].
     for (int64_t t = 0; t < count; ++t) {
@@ -360,25 +376,6 @@ void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const floa
 // The kernel gradient by Winograd: with Y = A^T [U * V] A and U = G g G^T, dU = sum over
 // tiles of V * (A dY A^T) and dg = G^T dU G. du [16][cin][cout] accumulates one
 // image's dU (the final G^T . G is WinogradKernelGradient's).
-template <int R>
-inline void GradProductTile(const float* v, int64_t cin, const float* dm, int64_t cout,
-                            int64_t count, float* du) {
-  v8 acc[R][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) acc[r][0] = load8(du + r * cout), acc[r][1] = load8(du + r * cout + 8);
-  for (int64_t t = 0; t < count; ++t) {
-    const v8 d0 = load8(dm + t * cout), d1 = load8(dm + t * cout + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      const v8 b = splat(v + t * cin + r);
-      acc[r][0] = fma(b, d0, acc[r][0]);
-      acc[r][1] = fma(b, d1, acc[r][1]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) store8(du + r * cout, acc[r][0]), store8(du + r * cout + 8, acc[r][1]);
-}
-
 void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* dy,
                        int64_t cout, float* du, float* scratch) {
   const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
@@ -415,17 +412,9 @@ void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const 
         const float* vp = vs + p * kWinogradChunk * cin;
         const float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
         float* dup = du + p * cin * cout + cb * kLanes;
-        int64_t c = 0;
-        for (; c + kMaxRows <= cin; c += kMaxRows)
-          GradProductTile<kMaxRows>(vp + c, cin, mp, cout, count, dup + c * cout);
-        switch (cin - c) {
-          case 5: GradProductTile<5>(vp + c, cin, mp, cout, count, dup + c * cout); break;
-          case 4: GradProductTile<4>(vp + c, cin, mp, cout, count, dup + c * cout); break;
-          case 3: GradProductTile<3>(vp + c, cin, mp, cout, count, dup + c * cout); break;
-          case 2: GradProductTile<2>(vp + c, cin, mp, cout, count, dup + c * cout); break;
-          case 1: GradProductTile<1>(vp + c, cin, mp, cout, count, dup + c * cout); break;
-          default: break;
-        }
+        ForEachTile(cin, [&](auto rows, int64_t c) {
+          OuterProductTile<rows>(vp + c, 0, cin, mp, 0, cout, 1, count, dup + c * cout);
+        });
       }
   }
 }
@@ -444,32 +433,6 @@ void WinogradKernelGradient(const float* du, int64_t cin, int64_t cout, float* d
       }
 }
 
-template <int R>
-inline void KernelGradTile(const float* x, int64_t row_stride, int64_t cin, const float* dy,
-                           int64_t wo, int64_t cout, int64_t rows, float* dw) {
-  v8 acc[R][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xp = x + i * row_stride;
-    const float* dp = dy + i * wo * cout;
-    for (int64_t j = 0; j < wo; ++j) {
-      const v8 d0 = load8(dp + j * cout), d1 = load8(dp + j * cout + 8);
-#pragma GCC unroll 6
-      for (int r = 0; r < R; ++r) {
-        const v8 b = splat(xp + j * cin + r);
-        acc[r][0] = fma(b, d0, acc[r][0]);
-        acc[r][1] = fma(b, d1, acc[r][1]);
-      }
-    }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    store8(dw + r * cout, _mm256_add_ps(load8(dw + r * cout), acc[r][0]));
-    store8(dw + r * cout + 8, _mm256_add_ps(load8(dw + r * cout + 8), acc[r][1]));
-  }
-}
-
 constexpr int64_t kGradRows = 2;  // output rows per sweep: keeps x and dy rows in L1
 
 // Adds one image's kernel gradient to dw [kh][kw][cin][cout].
@@ -483,23 +446,11 @@ void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const fl
       for (int64_t dj = 0; dj < kw; ++dj) {
         const float* xr = x + (i0 + di) * row_stride + dj * cin;
         float* dwt = dw + (di * kw + dj) * cin * cout;
-        for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
-          const float* dyc = dyr + cb * kLanes;
-          int64_t c = 0;
-          for (; c + kMaxRows <= cin; c += kMaxRows)
-            KernelGradTile<kMaxRows>(xr + c, row_stride, cin, dyc, wo, cout, rows,
-                                     dwt + c * cout + cb * kLanes);
-          const float* xc = xr + c;
-          float* dwc = dwt + c * cout + cb * kLanes;
-          switch (cin - c) {
-            case 5: KernelGradTile<5>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
-            case 4: KernelGradTile<4>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
-            case 3: KernelGradTile<3>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
-            case 2: KernelGradTile<2>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
-            case 1: KernelGradTile<1>(xc, row_stride, cin, dyc, wo, cout, rows, dwc); break;
-            default: break;
-          }
-        }
+        for (int64_t cb = 0; cb < cout / kLanes; ++cb)
+          ForEachTile(cin, [&](auto tile, int64_t c) {
+            OuterProductTile<tile>(xr + c, row_stride, cin, dyr + cb * kLanes, wo * cout, cout,
+                                   rows, wo, dwt + c * cout + cb * kLanes);
+          });
       }
   }
 }
