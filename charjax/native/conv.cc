@@ -252,15 +252,21 @@ void UnpoolImage(const float* dy, const int8_t* position, int64_t ho, int64_t wo
 // M [16][tiles][cout] stay in the core's L2.
 constexpr int64_t kWinogradChunk = 30;  // tiles per chunk: five 6-row register tiles
 
+// The kernel transform of F(2x2, 3x3).
+constexpr float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+
 bool WinogradApplies(int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t cin) {
   return kh == 3 && kw == 3 && ho % 2 == 0 && wo % 2 == 0 && cin % 8 == 0;
 }
 
+// Floats of one worker's Winograd buffers: V [16][chunk][cin], then M [16][chunk][cout].
+constexpr int64_t WinogradScratch(int64_t cin, int64_t cout) {
+  return 16 * kWinogradChunk * (cin + cout);
+}
+
 // U [16][cout / 16][cin][16] = G g G^T per channel pair of a 3x3 kernel [3][3][cin][cout]
-// (`flip`: the input gradient's kernel, as in PackKernel), G = [1 0 0; .5 .5 .5;
-// .5 -.5 .5; 0 0 1].
+// (`flip`: the input gradient's kernel, as in PackKernel).
 std::vector<float> WinogradKernel(const float* w, int64_t cin, int64_t cout, bool flip) {
-  static const float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
   std::vector<float> u(16 * cin * cout);
   for (int64_t c = 0; c < cin; ++c)
     for (int64_t o = 0; o < cout; ++o) {
@@ -312,7 +318,7 @@ void WinogradInput(const float* x, int64_t w, int64_t cin, int64_t tiles_wide, i
 }
 
 // One image by Winograd, same contract as ForwardImage; `scratch` holds
-// 16 * kWinogradChunk * (cin + cout) floats. With `position`, each 2x2 output tile is
+// WinogradScratch(cin, cout) floats. With `position`, each 2x2 output tile is
 // max-pooled as it is made: y [ho/2][wo/2][cout] and position as PoolImage writes them.
 void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* u,
                    const float* bias, int64_t cout, float* y, float* scratch,
@@ -421,7 +427,6 @@ void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const 
 
 // dw [3][3][cin][cout] = G^T dU G for du [16][cin][cout].
 void WinogradKernelGradient(const float* du, int64_t cin, int64_t cout, float* dw) {
-  static const float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
   const int64_t size = cin * cout;
   for (int64_t k = 0; k < size; ++k)
     for (int i = 0; i < 3; ++i)
@@ -475,7 +480,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   const int64_t threads = Workers(pool, n);
   // Per worker: the Winograd chunk buffers, or the unpooled output of a direct pass.
   const int64_t scratch_size =
-      winograd ? 16 * kWinogradChunk * (cin + cout) : (positions ? ho * wo * cout : 0);
+      winograd ? WinogradScratch(cin, cout) : (positions ? ho * wo * cout : 0);
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_size));
   const float* xs = x.typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
@@ -528,7 +533,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* 
   // Per worker: the padded image, then the Winograd chunk buffers.
   const int64_t padded = hp * wp * cout;
   std::vector<std::vector<float>> scratch(
-      threads, std::vector<float>(padded + (winograd ? 16 * kWinogradChunk * (cin + cout) : 0)));
+      threads, std::vector<float>(padded + (winograd ? WinogradScratch(cin, cout) : 0)));
   const std::vector<float> zeros(cin, 0.f);
   float* dxs = dx->typed_data();
   ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
@@ -580,7 +585,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
   // dU (16 positions) by Winograd, else the kernel gradient itself.
   const int64_t wsize = (winograd ? 16 : kh * kw) * cin * cout;
-  const int64_t work = (winograd ? 16 * kWinogradChunk * (cin + cout) : 0);
+  const int64_t work = winograd ? WinogradScratch(cin, cout) : 0;
   const int64_t threads = Workers(pool, n);
   // Per worker: the kernel gradient (or dU), the bias gradient, the Winograd buffers, the
   // unpooled output gradient.
