@@ -18,6 +18,9 @@ import zlib
 from typing import Iterator
 
 ARCHIVE_SUFFIXES = ('.zip', '.tar', '.tar.gz', '.tgz', '.tar.xz', '.txz', '.tar.bz2')
+# The largest entry read into memory: far above any image of the datasets (NHCD's and
+# DHCD's are a few KB), far below what a decompression bomb would need.
+MAX_ENTRY_BYTES = 16 << 20
 
 
 class ArchiveError(RuntimeError):
@@ -61,9 +64,24 @@ def _damaged(path, err) -> ArchiveError:
       'Download it again (see the README section "Data").')
 
 
-def _entries(path: pathlib.Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
-  """(relative path, content if `read`) of each regular file of a zip or tar archive,
-  refusing hostile entries and wrapping damage in `ArchiveError`."""
+def _too_large(archive, name: str, size: int | str, limit: int) -> ArchiveError:
+  return ArchiveError(f'Archive {archive}: entry {name!r} holds {size} bytes, more than the '
+                      f'{limit} bytes charjax reads from one entry; refusing it.')
+
+
+def _read_limited(stream, archive, name: str, limit: int) -> bytes:
+  """At most `limit` bytes of `stream`: sizes in headers can lie, the stream cannot."""
+  data = stream.read(limit + 1)
+  if len(data) > limit:
+    raise _too_large(archive, name, f'over {limit}', limit)
+  return data
+
+
+def _entries(path: pathlib.Path, wanted, limit: int) -> Iterator[tuple[str, bytes | None]]:
+  """(relative path, content or None) of each regular file of a zip or tar archive,
+  refusing hostile entries and wrapping damage in `ArchiveError`. Only entries for which
+  `wanted(name)` is true are read (decompressed), each up to `limit` bytes; without
+  `wanted` nothing is read."""
   try:
     if str(path).lower().endswith('.zip'):
       with zipfile.ZipFile(path) as zf:
@@ -71,40 +89,85 @@ def _entries(path: pathlib.Path, read: bool) -> Iterator[tuple[str, bytes | None
           name = _normalise(info.filename, path)
           if name and _zip_is_link(info):
             _refuse_link(path, info.filename)
-          if name and not info.is_dir():
-            yield name, zf.read(info) if read else None
+          if not name or info.is_dir():
+            continue
+          if wanted is None or not wanted(name):
+            yield name, None
+            continue
+          if info.file_size > limit:
+            raise _too_large(path, name, info.file_size, limit)
+          with zf.open(info) as stream:
+            yield name, _read_limited(stream, path, name, limit)
     else:
       # Reading streams the archive; listing opens it whole, which notices truncation.
-      with tarfile.open(path, mode='r|*' if read else 'r:*') as tf:
+      with tarfile.open(path, mode='r|*' if wanted else 'r:*') as tf:
         for member in tf:
           name = _normalise(member.name, path)
           if name and (member.issym() or member.islnk()):
             _refuse_link(path, member.name)
-          if name and member.isfile():
-            yield name, tf.extractfile(member).read() if read else None
+          if not name or not member.isfile():
+            continue
+          if wanted is None or not wanted(name):
+            yield name, None  # skipped by the stream, never held in memory
+            continue
+          if member.size > limit:
+            raise _too_large(path, name, member.size, limit)
+          yield name, _read_limited(tf.extractfile(member), path, name, limit)
   except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as e:
     raise _damaged(path, e) from e
 
 
+def _refuse_duplicates(path, names: list[str]) -> None:
+  seen = set()
+  for name in names:
+    if name in seen:
+      raise ArchiveError(f'Archive {path} holds two entries named {name!r}; which one is the '
+                         'image is ambiguous, so the archive is refused.')
+    seen.add(name)
+
+
 def list_files(path: os.PathLike | str) -> list[str]:
-  """Paths of the regular files in an archive or folder, sorted."""
+  """Paths of the regular files in an archive or folder, sorted; nothing is decompressed.
+
+  Refuses link entries and names that occur twice.
+  """
   path = pathlib.Path(path)
   if path.is_dir():
     links = [p for p in path.rglob('*') if p.is_symlink()]
     if links:
       _refuse_link(path, str(links[0].relative_to(path)))
     return sorted(p.relative_to(path).as_posix() for p in path.rglob('*') if p.is_file())
-  return sorted(name for name, _ in _entries(path, read=False))
+  names = [name for name, _ in _entries(path, None, MAX_ENTRY_BYTES)]
+  _refuse_duplicates(path, names)
+  return sorted(names)
 
 
-def iter_files(path: os.PathLike | str) -> Iterator[tuple[str, bytes]]:
-  """Yields `(relative_path, content)` for every regular file, streaming tar archives."""
+def iter_files(path: os.PathLike | str, wanted=None,
+               limit: int = MAX_ENTRY_BYTES) -> Iterator[tuple[str, bytes]]:
+  """Yields `(relative_path, content)` for the regular files `wanted` (a set of names or a
+  predicate; default all), streaming tar archives.
+
+  Entries not wanted are never decompressed; a wanted entry larger than `limit` bytes
+  raises `ArchiveError`, so memory stays bounded whatever the archive holds.
+  """
   path = pathlib.Path(path)
+  if wanted is None:
+    want = lambda name: True
+  elif callable(wanted):
+    want = wanted
+  else:
+    want = wanted.__contains__
   if path.is_dir():
     for name in list_files(path):
-      yield name, (path / name).read_bytes()
+      if want(name):
+        size = (path / name).stat().st_size
+        if size > limit:
+          raise _too_large(path, name, size, limit)
+        yield name, (path / name).read_bytes()
     return
-  yield from _entries(path, read=True)
+  for name, data in _entries(path, want, limit):
+    if data is not None:
+      yield name, data
 
 
 def find_root(names: list[str], marker: str) -> str:

@@ -16,6 +16,7 @@ from charjax import archives
 from charjax import datasets
 from charjax import preprocess
 from charjax import splits as splits_lib
+from charjax.datasets import classes
 from charjax.datasets import sources
 
 # Whether each dataset's ink is dark on a light background (then it is inverted).
@@ -39,6 +40,15 @@ class SplitArrays:
   labels: dict[str, np.ndarray]
   indices: dict[str, np.ndarray]
   class_names: list[str]
+
+
+def num_classes(dataset: str, subset: str) -> int:
+  """How many classes `dataset`/`subset` has (known before any data is read)."""
+  if dataset == 'nhcd':
+    return len(classes.NHCD_SUBSETS[subset])
+  if dataset == 'dhcd':
+    return len(classes.DHCD_CLASSES)
+  raise ValueError(f'Unknown dataset {dataset!r}: expected "nhcd" or "dhcd".')
 
 
 def builder_for(dataset: str, subset: str, tfds_dir) -> tfds.core.DatasetBuilder:
@@ -83,24 +93,36 @@ def _warn_if_source_changed(builder, dataset: str, data_dir) -> None:
 
 def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
             tfds_dir=None) -> tfds.core.DatasetBuilder:
-  """Builds the ArrayRecord files once; afterwards reuses them.
+  """Builds the ArrayRecord files once, verifies them, and afterwards reuses them.
 
-  Right after building, the number of examples per class is logged and compared with the
-  archive's listing; a mismatch deletes what was built and raises `ArchiveError`. When
-  reused, a warning says if the archive found now differs in size from the one it was
-  built from.
+  The archive is listed first (a layout error, duplicate entries or a link stop here,
+  before anything is built). Right after building, the number of examples per class is
+  logged and compared with the archive's listing; a mismatch deletes what was built and
+  raises `ArchiveError`. The check's record (`charjax_source.json`) is written last, so
+  prepared data without it (a kill landed between TFDS finishing and the check) are
+  checked when next used. When reused, a warning says if the archive found now differs in
+  size from the one it was built from.
   """
   builder = builder_for(dataset, subset, tfds_dir)
-  if builder.is_prepared():
+  record = pathlib.Path(builder.data_dir) / SOURCE_RECORD
+  if builder.is_prepared() and record.exists():
     _warn_if_source_changed(builder, dataset, data_dir)
     return builder
   source = sources.find_source(dataset, data_dir)
-  logging.info('Preparing %s/%s from %s into %s', dataset, subset, source, builder.data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(source.parent)))
+  expected = _expected_counts(dataset, subset, source)
+  if not builder.is_prepared():
+    logging.info('Preparing %s/%s from %s into %s', dataset, subset, source, builder.data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(source.parent)))
+  _verify(builder, dataset, subset, source, expected)
+  return builder
+
+
+def _verify(builder, dataset: str, subset: str, source: pathlib.Path,
+            expected: collections.Counter) -> None:
+  """Compares the prepared examples per class with the archive's listing; records it."""
   labels = [r['label'] for r in _read_all(builder.as_data_source()['train'])]
   found = collections.Counter(labels)
-  expected = _expected_counts(dataset, subset, source)
   names = builder.info.features['label'].names
   logging.info('%s/%s examples per class: %s', dataset, subset,
                ', '.join(f'{names[k]}={found[k]}' for k in sorted(found)))
@@ -110,11 +132,14 @@ def prepare(dataset: str, subset: str = 'all', *, data_dir=None,
     shutil.rmtree(builder.data_dir)
     raise archives.ArchiveError(
         f'Prepared {dataset}/{subset} does not match {source}: (prepared, in archive) per '
-        f'class: {diff}. The prepared copy was deleted; download the archive again.')
-  (pathlib.Path(builder.data_dir) / SOURCE_RECORD).write_text(json.dumps(
+        f'class: {diff}. The prepared copy was deleted; rerun to prepare it again (or '
+        'download the archive again if this repeats).')
+  record = pathlib.Path(builder.data_dir) / SOURCE_RECORD
+  partial = record.with_suffix('.tmp')
+  partial.write_text(json.dumps(
       {'path': str(source.resolve()), 'bytes': _source_size(source),
        'examples_per_class': {names[k]: found[k] for k in sorted(found)}}, ensure_ascii=False))
-  return builder
+  partial.replace(record)
 
 
 def _read_all(source) -> list[dict]:

@@ -3,14 +3,18 @@
   python -m charjax.predict --workdir runs/numerals photo.jpg scans/ [--top_k 3] [--json]
   python -m charjax.predict --svc runs/study/exp3/svc/svc_vowels.npz letter.png
 
-Any image Pillow reads (PNG, JPEG, BMP, TIFF, GIF, WebP...), any size and colour mode.
-Each image is made to look like the training data: grey levels, ink bright on a dark
-ground (dark-on-light input is detected from its border and inverted), contrast stretched,
-cropped to the character's bounding box with a margin, padded square and resized to the
-run's input size. With `--svc`, the SVC fitted on the 58-class network's features
-(experiment 3) classifies; its scores are the share of one-vs-one votes, not probabilities.
-A file that cannot be read is reported and the others are still classified; the exit
-status is 1 when any file failed, else 0.
+Any image Pillow reads (PNG, JPEG, BMP, TIFF, GIF, WebP...), any size, colour mode and bit
+depth (1, 8, 12, 16 or 32 bits, float). Each image goes through the training
+preprocessing (`charjax.preprocess`: grey levels over the image's real range, ink made
+bright, resized to the run's input size); its polarity (dark ink on light paper, or the
+reverse) is judged from its border. So an image of the dataset gets exactly the input
+training gave it. `--crop` first stretches the contrast and crops to the character with a
+margin: for photos or scans where the character fills little of the frame. Images over
+`--max_pixels` are refused before decoding. With `--svc`, the SVC fitted on the 58-class
+network's features (experiment 3) classifies; its scores are the share of one-vs-one
+votes, not probabilities. A checkpoint holding NaN or infinite values, or a network giving
+non-finite scores, is refused. A file that cannot be read is reported and the others are
+still classified; the exit status is 1 when any file failed (or none was found), else 0.
 """
 
 from __future__ import annotations
@@ -29,50 +33,48 @@ from PIL import ImageOps
 
 from charjax import checkpointing
 from charjax import configuration
+from charjax import preprocess
 from charjax import runs
 from charjax import specialise
 from charjax import svc as svc_lib
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
                   '.pgm', '.pbm')
-# Margin around the character's bounding box, as a fraction of its longer side.
+# Margin around the character's bounding box with `crop`, as a fraction of its longer side.
 MARGIN = 0.12
+# Inputs larger than this many pixels are refused before they are decoded (a 600 KB PNG
+# can hold 180 million pixels); `--max_pixels` changes it.
+MAX_PIXELS = 25_000_000
+# An image whose ink and ground differ by less than this (0..255 scale) is called blank.
+_MIN_CONTRAST = 0.05 * 255
 
 
-def load_image(path) -> np.ndarray:
-  """A float32 (H, W) image in [0, 1] with bright ink on a dark ground.
+def load_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """float32 (H, W) grey levels (0..255, `preprocess.grey_levels`) of an image file.
 
-  Transparent pixels are laid on white (then, if that leaves no ink, on black).
+  Refuses images of more than `max_pixels` pixels before decoding them, and blank ones.
+  Transparent pixels are laid on white, or on black when white leaves no ink.
   """
   with Image.open(path) as image:
+    width, height = image.size
+    if width * height > max_pixels:
+      raise ValueError(f'image of {width}x{height} pixels is larger than the limit of '
+                       f'{max_pixels} pixels (--max_pixels)')
     image = ImageOps.exif_transpose(image)
     image.load()
-  if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
-    rgba = image.convert('RGBA')
-    for ground in ((255, 255, 255, 255), (0, 0, 0, 255)):
-      flat = Image.alpha_composite(Image.new('RGBA', rgba.size, ground), rgba)
-      try:
-        return _normalise(np.asarray(flat.convert('L'), np.float32) / 255.0)
-      except ValueError:
-        continue
-  return _normalise(np.asarray(image.convert('L'), np.float32) / 255.0)
-
-
-def _normalise(grey: np.ndarray) -> np.ndarray:
-  if grey.ndim != 2 or min(grey.shape) < 2:
-    raise ValueError(f'image of shape {grey.shape} is too small')
-  border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-  if np.median(border) > 0.5:  # dark ink on a light ground
-    grey = 1.0 - grey
-    border = 1.0 - border
-  ground, top = float(np.median(border)), float(grey.max())
-  if top - ground < 0.05:
-    raise ValueError('image is blank (no ink found)')
-  return np.clip((grey - ground) / (top - ground), 0.0, 1.0)
+  transparent = image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info
+  for ground in ((255, 0) if transparent else (255,)):
+    grey = preprocess.grey_levels(image, ground=ground)
+    if grey.ndim != 2 or min(grey.shape) < 2:
+      raise ValueError(f'image of shape {grey.shape} is too small')
+    if float(grey.max()) - float(grey.min()) >= _MIN_CONTRAST:
+      return grey
+  raise ValueError('image is blank (no ink found)')
 
 
 def crop_to_ink(image: np.ndarray, margin: float = MARGIN) -> np.ndarray:
-  """The square around the ink's bounding box, with `margin`, zero-padded where needed."""
+  """The square around the ink's bounding box (ink bright, in [0, 1]), with `margin`,
+  zero-padded where needed."""
   rows, cols = np.nonzero(image > 0.3)
   top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
   side = int(round(max(bottom - top, right - left) * (1 + 2 * margin)))
@@ -85,12 +87,31 @@ def crop_to_ink(image: np.ndarray, margin: float = MARGIN) -> np.ndarray:
   return out
 
 
-def to_input(image: np.ndarray, size: int) -> np.ndarray:
-  """(size, size, 1) float32 model input from a normalised image."""
-  cropped = crop_to_ink(image)
-  resized = Image.fromarray((cropped * 255).astype(np.uint8)).resize(
-      (size, size), Image.BILINEAR, reducing_gap=None)
-  return (np.asarray(resized, np.float32) / 255.0)[..., None]
+def _stretch_and_crop(grey: np.ndarray, dark: bool) -> np.ndarray:
+  """For photos and scans: ink bright, contrast stretched from the border's level to the
+  brightest ink, cropped to the ink; returned on the 0..255 scale, dark ink again if
+  `dark` (so that `to_model_input` inverts it as usual)."""
+  bright = (255.0 - grey) if dark else grey
+  border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+  ground, top = float(np.median(border)), float(bright.max())
+  if top - ground < _MIN_CONTRAST:
+    raise ValueError('image is blank (no ink found)')
+  cropped = crop_to_ink(np.clip((bright - ground) / (top - ground), 0.0, 1.0)) * 255.0
+  return (255.0 - cropped) if dark else cropped
+
+
+def to_input(grey: np.ndarray, size: int, *, crop: bool = False) -> np.ndarray:
+  """(size, size, 1) float32 model input from grey levels (0..255, any polarity).
+
+  The ink's polarity is judged from the border; then the training preprocessing
+  (`preprocess.to_model_input`) makes the input, so that an image of the dataset gives the
+  very pixels training gave. With `crop`, the character is first contrast-stretched and
+  cropped to its bounding box with a margin (for photos or scans with wide margins).
+  """
+  dark = preprocess.ink_is_dark(grey)
+  if crop:
+    grey = _stretch_and_crop(grey, dark)
+  return preprocess.to_model_input([grey[..., None]], ink_is_dark=dark, image_size=size)[0]
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -115,6 +136,11 @@ def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
     arrays, meta = svc_lib.load(svc_path)
     workdir = workdir or meta['cnn_workdir']
     config, model, state, _ = runs.restore_best(workdir)
+    if config.model != 'AllClassesCNN':
+      raise runs.RunError(
+          f'{workdir} is a {config.model} run; an SVC classifies the features of the 58-class '
+          'network (model AllClassesCNN, experiment 3). Give --workdir that run (or none: '
+          'the SVC names its own).')
     k = len(arrays['classes'])
 
     def svc_scores(images):
@@ -140,19 +166,26 @@ def collect(paths: list[str]) -> list[pathlib.Path]:
   return out
 
 
-def predict(classifier: Classifier, files: list[pathlib.Path], top_k: int = 3) -> list[dict]:
+def predict(classifier: Classifier, files: list[pathlib.Path], top_k: int = 3, *,
+            crop: bool = False, max_pixels: int = MAX_PIXELS) -> list[dict]:
   """One record per file: `top` (class, latin, glyph, score) or `error`."""
+  if top_k < 1:
+    raise ValueError(f'top_k must be at least 1, got {top_k}')
   records, inputs = [], []
   for f in files:
     try:
-      inputs.append(to_input(load_image(f), classifier.size))
+      inputs.append(to_input(load_image(f, max_pixels), classifier.size, crop=crop))
       records.append({'file': str(f)})
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
       records.append({'file': str(f), 'error': f'{type(e).__name__}: {e}'})
   if inputs:
-    scores = classifier.scores(np.stack(inputs))
+    scores = np.asarray(classifier.scores(np.stack(inputs)))
     good = [r for r in records if 'error' not in r]
     for record, row in zip(good, scores):
+      if not np.all(np.isfinite(row)):
+        record['error'] = ('the network gave NaN or infinite scores: its checkpoint is '
+                           'probably damaged')
+        continue
       best = np.argsort(-row, kind='stable')[:top_k]
       record['top'] = [dict(zip(('latin', 'glyph'), split_name(classifier.class_names[i])),
                             index=int(i), score=float(row[i])) for i in best]
@@ -178,13 +211,20 @@ def main(argv):
     raise app.UsageError('Name at least one image file or folder.')
   if not (flags.FLAGS.workdir or flags.FLAGS.svc):
     raise app.UsageError('Give --workdir (a trained run) or --svc (a saved SVC).')
+  if flags.FLAGS.top_k < 1:
+    raise app.UsageError(f'--top_k must be at least 1, got {flags.FLAGS.top_k}.')
+  if flags.FLAGS.max_pixels < 1:
+    raise app.UsageError(f'--max_pixels must be positive, got {flags.FLAGS.max_pixels}.')
+  files = collect(paths)
+  if not files:
+    sys.exit(f'charjax: no image files ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(paths)}.')
   try:
     classifier = load_classifier(flags.FLAGS.workdir, flags.FLAGS.svc)
   except (runs.RunError, checkpointing.CheckpointError, configuration.ConfigError,
-          ValueError, OSError) as e:
+          ValueError, OSError, KeyError) as e:
     sys.exit(f'charjax: cannot load the classifier: {e}')
-  files = collect(paths)
-  records = predict(classifier, files, flags.FLAGS.top_k)
+  records = predict(classifier, files, flags.FLAGS.top_k, crop=flags.FLAGS.crop,
+                    max_pixels=flags.FLAGS.max_pixels)
   if flags.FLAGS.json:
     print(json.dumps(records, ensure_ascii=False, indent=2))
   else:
@@ -193,12 +233,15 @@ def main(argv):
   if failed:
     print(f'charjax: {failed} of {len(records)} files could not be classified.',
           file=sys.stderr)
-  sys.exit(1 if failed or not records else 0)
+  sys.exit(1 if failed else 0)
 
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A finished training run.')
   flags.DEFINE_string('svc', None, 'An SVC saved by charjax.specialise (svc_<subset>.npz).')
-  flags.DEFINE_integer('top_k', 3, 'Classes shown per image.')
+  flags.DEFINE_integer('top_k', 3, 'Classes shown per image (at least 1).')
   flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
+  flags.DEFINE_bool('crop', False, 'Stretch the contrast and crop to the character first '
+                    '(photos, scans with wide margins); off: exactly the training preprocessing.')
+  flags.DEFINE_integer('max_pixels', MAX_PIXELS, 'Refuse images with more pixels than this.')
   app.run(main)

@@ -41,5 +41,8 @@ def restore_best(workdir):
   class_names = load_results(workdir)['class_names']
   model = train.create_model(config, len(class_names))
   state = train.create_train_state(config, model, jax.random.key(0), config.image_size)
-  best = checkpointing.manager(pathlib.Path(workdir) / 'checkpoints' / 'best')
-  return config, model, checkpointing.restore(best, state), class_names
+  best = checkpointing.manager(pathlib.Path(workdir) / 'checkpoints' / 'best', read_only=True)
+  try:
+    return config, model, checkpointing.restore(best, state), class_names
+  finally:
+    best.close()

@@ -47,7 +47,11 @@ def writer_disjoint_split(labels: np.ndarray, writers: np.ndarray, *, test_fract
   return {'train': np.sort(rest[train]), 'validation': np.sort(rest[val]), 'test': np.sort(test)}
 
 
+def named(splits: dict[str, np.ndarray], file_names: np.ndarray) -> dict[str, list[str]]:
+  """The file names of each split (what `save` writes)."""
+  return {name: [str(f) for f in file_names[idx]] for name, idx in splits.items()}
+
+
 def save(path: os.PathLike | str, splits: dict[str, np.ndarray], file_names: np.ndarray) -> None:
   """Writes the file names of each split as JSON, so the partition can be reproduced."""
-  pathlib.Path(path).write_text(json.dumps(
-      {name: [str(f) for f in file_names[idx]] for name, idx in splits.items()}, indent=0))
+  pathlib.Path(path).write_text(json.dumps(named(splits, file_names), indent=0))

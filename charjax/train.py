@@ -17,7 +17,6 @@ import functools
 import json
 import logging as std_logging
 import pathlib
-import shutil
 import signal
 import sys
 import threading
@@ -42,13 +41,20 @@ from charjax import conv
 from charjax import input_pipeline
 from charjax import models
 from charjax import optim
+from charjax import rundir
 from charjax import splits as splits_lib
 from charjax.datasets import sources
 
 
+MODELS = {'SubsetCNN': models.SubsetCNN, 'AllClassesCNN': models.AllClassesCNN}
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The Flax module named by `config.model` (a class in `charjax.models`)."""
-  model_cls = getattr(models, config.model)
+  """The Flax module named by `config.model` (one of `MODELS`)."""
+  if config.model not in MODELS:
+    raise configuration.ConfigError(
+        f'model={config.model!r} is not one of {", ".join(MODELS)}.')
+  model_cls = MODELS[config.model]
   extra = ({'bottleneck_features': config.bottleneck_features,
             'bottleneck_activation': config.bottleneck_activation}
            if config.bottleneck_features else {})
@@ -63,6 +69,18 @@ def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
   params = model.init(rng, jnp.zeros((1, image_size, image_size, 1)), train=False)['params']
   tx = optim.keras_rmsprop(config.learning_rate, config.rmsprop_rho, config.rmsprop_epsilon)
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def check_model(config: ml_collections.ConfigDict, model) -> None:
+  """Raises `ConfigError` when `model` cannot take `config.image_size` inputs (shapes only)."""
+  try:
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(
+        (1, config.image_size, config.image_size, 1)), train=False))
+  except Exception as e:  # any shape error: too small an image for the layers, ...
+    raise configuration.ConfigError(
+        f'model={config.model} cannot be built for image_size={config.image_size} with '
+        f'conv_features={tuple(config.conv_features)}: {type(e).__name__}: '
+        f'{str(e).splitlines()[0][:200] if str(e) else ""}') from None
 
 
 def _batch_metrics(logits, labels, mask):
@@ -196,30 +214,6 @@ class TrainingInterrupted(RuntimeError):
     self.signum = signum
 
 
-# Fields that say where data lives, not what is computed: they may change between resumes.
-_LOCATION_FIELDS = ('data_dir', 'tfds_dir')
-
-
-def _check_same_config(workdir: pathlib.Path, config, restart: bool) -> None:
-  """Refuses to mix two configs in one workdir; with `restart`, clears the old run."""
-  path = workdir / 'config.json'
-  if not path.exists():
-    return
-  if restart:
-    shutil.rmtree(workdir / 'checkpoints', ignore_errors=True)
-    for name in ('metrics.jsonl', 'results.json', 'config.json', 'splits.json'):
-      (workdir / name).unlink(missing_ok=True)
-    return
-  old = configuration.from_saved(json.loads(path.read_text()))
-  new = json.loads(config.to_json_best_effort())
-  differ = sorted(k for k in set(old) | set(new)
-                  if k not in _LOCATION_FIELDS and old.get(k) != new.get(k))
-  if differ:
-    raise configuration.ConfigError(
-        f'{workdir} holds a run with another config (differs in {", ".join(differ)}). '
-        'Use another --workdir, or pass --restart to delete that run and start over.')
-
-
 class _StopSignals:
   """Within the block, SIGTERM and SIGINT set `requested` instead of killing the process."""
 
@@ -273,20 +267,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   configuration.validate(config)
   start = time.time()
+  num_classes = input_pipeline.num_classes(config.dataset, config.subset)
+  model = create_model(config, num_classes)
+  check_model(config, model)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  _check_same_config(workdir, config, restart)
+  with rundir.RunLock(workdir):
+    if not (workdir / 'config.json').exists():
+      rundir.check_workdir(workdir)  # empty, or another tool's files: refused
+    elif restart:
+      rundir.clear_run(workdir)
+    else:
+      rundir.check_same_config(workdir, config)
+    return _train(config, workdir, model, num_classes, start)
+
+
+def _train(config, workdir: pathlib.Path, model, num_classes: int, start: float) -> dict:
+  """`train_and_evaluate` once the workdir is locked and known to fit this config."""
   examples, data = input_pipeline.load_splits(config)
   configuration.check_against_data(config, len(data.labels['train']))
+  record = rundir.fingerprint(examples.file_names, examples.labels, examples.images,
+                              data.indices)
+  rundir.check_data(workdir, record)
+  splits = splits_lib.named(data.indices, examples.file_names)
+  rundir.check_splits(workdir, splits)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   splits_lib.save(workdir / 'splits.json', data.indices, examples.file_names)
+  rundir.bind_data(workdir, record)
   split_sizes = {name: int(len(y)) for name, y in data.labels.items()}
   logging.info('%s/%s split sizes: %s', config.dataset, config.subset, split_sizes)
 
   images = {k: jax.device_put(v) for k, v in data.images.items()}
   labels = {k: jax.device_put(v) for k, v in data.labels.items()}
-  num_classes = len(data.class_names)
-  model = create_model(config, num_classes)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(config, model, init_rng, config.image_size)
   eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
@@ -294,87 +306,88 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   augmentation = augment.from_config(config)
   steps_per_epoch = -(-split_sizes['train'] // config.batch_size)
 
-  best = checkpointing.manager(workdir / 'checkpoints' / 'best')
-  latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
-  done = latest.latest_step() or 0
-  if done:
-    state = checkpointing.restore(latest, state, done)
-    logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
-  records = _read_metrics(workdir / 'metrics.jsonl', done)
-  best_records = [r for r in records if r['best']]
-  best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
-  best_epoch = best_records[-1]['epoch'] if best_records else 0
-  with open(workdir / 'metrics.jsonl', 'w') as metrics_file, _StopSignals() as stop:
-    for record in records:
-      metrics_file.write(json.dumps(record) + '\n')
-    metrics_file.flush()
-    for epoch in range(done + 1, config.num_epochs + 1):
-      tick = time.perf_counter()
-      state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
-                                      epoch, batch_size=config.batch_size, unroll=unroll,
-                                      augmentation=augmentation)
-      train_sums = jax.device_get(train_sums)
-      bad_step = int(train_sums.pop('first_bad_step'))
-      if bad_step != _NO_BAD_STEP:
-        raise TrainingDiverged(
-            f'The loss or a gradient became NaN or infinite in epoch {epoch}, at step '
-            f'{bad_step} of the run (batch {bad_step - (epoch - 1) * steps_per_epoch} of '
-            f'the epoch). The run stopped; its checkpoints of epoch {epoch - 1} and earlier '
-            f'are kept in {workdir / "checkpoints"}. Try a lower learning_rate.')
-      train = _summarise(train_sums)
-      seconds = time.perf_counter() - tick
-      val = _summarise(evaluate(state, images['validation'], labels['validation'],
-                                batch_size=eval_bs['validation'], unroll=unroll))
-      improved = val['loss'] < best_val_loss
-      if improved:
-        best_val_loss, best_epoch = val['loss'], epoch
-        checkpointing.save(best, epoch, state, {'val_loss': val['loss']})
-      record = {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
-                'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-                'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
-                'best': improved}
-      records.append(record)
-      metrics_file.write(json.dumps(record) + '\n')
+  # Closed on the way out, so that no Orbax thread outlives the run.
+  with checkpointing.manager(workdir / 'checkpoints' / 'best') as best, \
+       checkpointing.manager(workdir / 'checkpoints' / 'latest') as latest:
+    done = latest.latest_step() or 0
+    if done:
+      state = checkpointing.restore(latest, state, done)
+      logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
+    records = _read_metrics(workdir / 'metrics.jsonl', done)
+    best_records = [r for r in records if r['best']]
+    best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
+    best_epoch = best_records[-1]['epoch'] if best_records else 0
+    with open(workdir / 'metrics.jsonl', 'w') as metrics_file, _StopSignals() as stop:
+      for record in records:
+        metrics_file.write(json.dumps(record) + '\n')
       metrics_file.flush()
-      # After the metrics line: a resume drops lines past the latest checkpoint.
-      stopping = stop.requested  # read once: a signal may land between the two uses
-      if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
-          or stopping):
-        checkpointing.save(latest, epoch, state)
-      logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
-                   '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
-                   val['loss'], val['accuracy'], record['images_per_s'],
-                   '  *best*' if improved else '')
-      if stopping and epoch < config.num_epochs:
-        raise TrainingInterrupted(
-            f'{stopping.name}: stopped after epoch {epoch} with its checkpoint saved in '
-            f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.',
-            stopping)
+      for epoch in range(done + 1, config.num_epochs + 1):
+        tick = time.perf_counter()
+        state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
+                                        epoch, batch_size=config.batch_size, unroll=unroll,
+                                        augmentation=augmentation)
+        train_sums = jax.device_get(train_sums)
+        bad_step = int(train_sums.pop('first_bad_step'))
+        if bad_step != _NO_BAD_STEP:
+          raise TrainingDiverged(
+              f'The loss or a gradient became NaN or infinite in epoch {epoch}, at step '
+              f'{bad_step} of the run (batch {bad_step - (epoch - 1) * steps_per_epoch} of '
+              f'the epoch). The run stopped; its checkpoints of epoch {epoch - 1} and earlier '
+              f'are kept in {workdir / "checkpoints"}. Try a lower learning_rate.')
+        train = _summarise(train_sums)
+        seconds = time.perf_counter() - tick
+        val = _summarise(evaluate(state, images['validation'], labels['validation'],
+                                  batch_size=eval_bs['validation'], unroll=unroll))
+        improved = val['loss'] < best_val_loss
+        if improved:
+          best_val_loss, best_epoch = val['loss'], epoch
+          checkpointing.save(best, epoch, state, {'val_loss': val['loss']})
+        record = {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
+                  'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+                  'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
+                  'best': improved}
+        records.append(record)
+        metrics_file.write(json.dumps(record) + '\n')
+        metrics_file.flush()
+        # After the metrics line: a resume drops lines past the latest checkpoint.
+        stopping = stop.requested  # read once: a signal may land between the two uses
+        if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
+            or stopping):
+          checkpointing.save(latest, epoch, state)
+        logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
+                     '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
+                     val['loss'], val['accuracy'], record['images_per_s'],
+                     '  *best*' if improved else '')
+        if stopping and epoch < config.num_epochs:
+          raise TrainingInterrupted(
+              f'{stopping.name}: stopped after epoch {epoch} with its checkpoint saved in '
+              f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.',
+              stopping)
 
-  state = checkpointing.restore(best, state, best_epoch)
-  test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
-                  unroll=unroll)
-  predictions = np.asarray(test.pop('predictions'))
-  test = _summarise(jax.device_get(test))
-  confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
-  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-  throughput = [r['images_per_s'] for r in records]
-  results = {
-      'dataset': config.dataset, 'subset': config.subset, 'model': config.model,
-      'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
-      'best_epoch': best_epoch, 'best_val_loss': best_val_loss, 'epochs_run': config.num_epochs,
-      'split_sizes': split_sizes, 'class_names': data.class_names,
-      'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
-      'confusion_matrix': confusion.tolist(),
-      'train_images_per_s': float(np.median(throughput[1:] or throughput)),
-      'train_seconds': float(sum(r['epoch_seconds'] for r in records)),
-      'resumed_from_epoch': done,
-      'wall_clock_s': time.time() - start, 'device': _device_info(),
-  }
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
-  logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],
-               best_epoch, workdir / 'results.json')
-  return results
+    state = checkpointing.restore(best, state, best_epoch)
+    test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
+                    unroll=unroll)
+    predictions = np.asarray(test.pop('predictions'))
+    test = _summarise(jax.device_get(test))
+    confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    throughput = [r['images_per_s'] for r in records]
+    results = {
+        'dataset': config.dataset, 'subset': config.subset, 'model': config.model,
+        'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
+        'best_epoch': best_epoch, 'best_val_loss': best_val_loss, 'epochs_run': config.num_epochs,
+        'split_sizes': split_sizes, 'class_names': data.class_names,
+        'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
+        'confusion_matrix': confusion.tolist(),
+        'train_images_per_s': float(np.median(throughput[1:] or throughput)),
+        'train_seconds': float(sum(r['epoch_seconds'] for r in records)),
+        'resumed_from_epoch': done,
+        'wall_clock_s': time.time() - start, 'device': _device_info(),
+    }
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],
+                 best_epoch, workdir / 'results.json')
+    return results
 
 
 def quiet_library_logs(record) -> bool:

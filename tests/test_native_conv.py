@@ -224,3 +224,24 @@ def test_host_memory_settings_apply_on_glibc_linux_unless_opted_out(monkeypatch)
   assert host_memory.apply() == glibc_linux
   monkeypatch.setenv(host_memory.OPT_OUT_ENV, '1')
   assert host_memory.apply() is False
+
+
+@needs_native
+@pytest.mark.parametrize('pool', [False, True])
+@pytest.mark.parametrize('winograd', [False, True])
+def test_native_kernel_gradient_is_bitwise_reproducible(pool, winograd):
+  """The kernel and bias gradients sum over images: the order of those additions must not
+  depend on which thread took which image (the threaded path runs for any batch > 1)."""
+  kx, kk, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, (37, 14, 14, 16))
+  kernel = jax.random.normal(kk, (3, 3, 16, 32)) / 4
+  bias = jnp.zeros(32)
+  op = native_conv.conv_pool if pool else native_conv.conv
+  f = jax.jit(lambda x, k, b: op(x, k, b, winograd))
+  g = jax.random.normal(kg, f(x, kernel, bias).shape)
+  grads = jax.jit(lambda x, k, b: jax.vjp(f, x, k, b)[1](g))
+  first = [np.asarray(a) for a in grads(x, kernel, bias)]
+  for _ in range(30):
+    again = [np.asarray(a) for a in grads(x, kernel, bias)]
+    for a, b in zip(first, again):
+      assert a.tobytes() == b.tobytes()

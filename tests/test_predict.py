@@ -27,13 +27,126 @@ def _glyph(size=64, scale=0.5, offset=(0, 0)):
   return np.where(ring | bar, 20, 235).astype(np.uint8)
 
 
-def test_polarity_colour_and_placement_do_not_change_the_input():
-  base = predict.to_input(predict._normalise(_glyph() / 255.0), 16)
-  inverted = predict.to_input(predict._normalise(1 - _glyph() / 255.0), 16)
+def test_polarity_colour_and_placement_do_not_change_the_cropped_input():
+  base = predict.to_input(_glyph().astype(np.float32), 16, crop=True)
+  inverted = predict.to_input(255.0 - _glyph(), 16, crop=True)
   np.testing.assert_allclose(inverted, base, atol=0.02)
-  moved = predict.to_input(predict._normalise(_glyph(128, 0.5, (0.2, -0.15)) / 255.0), 16)
+  moved = predict.to_input(_glyph(128, 0.5, (0.2, -0.15)).astype(np.float32), 16, crop=True)
   assert np.abs(moved - base).mean() < 0.05  # cropped to the ink, so placement is undone
   assert base.shape == (16, 16, 1) and base.max() > 0.9 and base[0, 0, 0] < 0.05
+
+
+def _save(image, path, **kwargs):
+  image.save(path, **kwargs)
+  return path
+
+
+# The same 8-bit picture stored in other modes and bit depths, each with its full range.
+ENCODINGS = {
+    '16-bit.png': lambda g, d: _save(Image.fromarray(g.astype(np.uint16) * 257), d / 'a.png'),
+    '12-bit.png': lambda g, d: _save(Image.fromarray(
+        np.round(g.astype(np.float64) * 4095 / 255).astype(np.uint16)), d / 'a.png'),
+    'float.tiff': lambda g, d: _save(Image.fromarray(g.astype(np.float32) / 255), d / 'a.tiff'),
+    'float-0-255.tiff': lambda g, d: _save(Image.fromarray(g.astype(np.float32)), d / 'a.tiff'),
+    '32-bit.tiff': lambda g, d: _save(Image.fromarray(g.astype(np.int32) * 8421504),
+                                      d / 'a.tiff'),
+    'palette.png': lambda g, d: _save(Image.fromarray(g).convert('P'), d / 'a.png'),
+    'cmyk.jpg': lambda g, d: _save(Image.fromarray(g).convert('CMYK'), d / 'a.jpg', quality=100),
+    'rgb.png': lambda g, d: _save(Image.fromarray(np.stack([g] * 3, -1)), d / 'a.png'),
+    '1-bit.png': lambda g, d: _save(Image.fromarray(g).convert('1', dither=Image.NONE),
+                                    d / 'a.png'),
+}
+
+
+@pytest.mark.parametrize('encoding', sorted(ENCODINGS))
+def test_every_mode_and_bit_depth_is_read_with_its_real_range(encoding, tmp_path):
+  glyph = _glyph()  # 20 (ink) and 235 (paper): a 1-bit copy is 0 and 255
+  path = ENCODINGS[encoding](glyph, tmp_path)
+  grey = predict.load_image(path)
+  reference = glyph.astype(np.float32)
+  if encoding == '1-bit.png':
+    reference = np.where(glyph > 127, 255.0, 0.0).astype(np.float32)
+  tolerance = 2.0 if encoding == 'cmyk.jpg' else 0.6
+  np.testing.assert_allclose(grey, reference, atol=tolerance)
+  np.testing.assert_allclose(predict.to_input(grey, 16), predict.to_input(reference, 16),
+                             atol=tolerance / 255)
+
+
+def test_dataset_images_get_exactly_the_training_input(tmp_path):
+  """predict on the dataset's own files = the training preprocessing, pixel for pixel."""
+  from charjax import preprocess
+  from charjax.datasets import sources
+  from tests.conftest import nhcd_files
+  files = {n: b for n, b in nhcd_files(writers=1, samples=2).items() if n.endswith('.jpg')}
+  names = sorted(files)[:40]
+  stored = [sources.decode_grayscale(n, files[n]) for n in names]
+  trained = preprocess.to_model_input(stored, ink_is_dark=True, image_size=36)
+  for i, name in enumerate(names):
+    path = tmp_path / name.replace('/', '_')
+    path.write_bytes(files[name])
+    assert predict.to_input(predict.load_image(path), 36).tobytes() == trained[i].tobytes()
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path):
+  Image.new('L', (6000, 5000), 255).save(tmp_path / 'huge.png')  # 30 M pixels, ~30 KB
+  with pytest.raises(ValueError, match='larger than the limit'):
+    predict.load_image(tmp_path / 'huge.png')
+  with pytest.raises(ValueError, match='larger than the limit'):
+    predict.load_image(tmp_path / 'huge.png', max_pixels=1000)
+
+
+def test_non_finite_scores_are_refused(tmp_path):
+  Image.fromarray(_glyph()).save(tmp_path / 'one.png')
+  nan_classifier = predict.Classifier(16, [str(i) for i in range(10)],
+                                      lambda x: np.full((len(x), 10), np.nan))
+  [record] = predict.predict(nan_classifier, [tmp_path / 'one.png'])
+  assert 'NaN or infinite' in record['error'] and 'top' not in record
+  with pytest.raises(ValueError, match='top_k'):
+    predict.predict(nan_classifier, [tmp_path / 'one.png'], top_k=0)
+
+
+def test_checkpoint_with_nan_parameters_is_refused(run_dir, tmp_path):
+  import shutil
+  import jax
+  import orbax.checkpoint as ocp
+  from charjax import checkpointing
+  damaged = tmp_path / 'run'
+  shutil.copytree(run_dir, damaged)
+  best = damaged / 'checkpoints' / 'best'
+  epoch = max(int(p.name) for p in best.iterdir() if p.name.isdigit())
+  _, _, state, _ = runs.restore_best(run_dir)
+  bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(np.nan),
+                                          state.params))
+  shutil.rmtree(best / str(epoch))
+  with checkpointing.manager(best) as mngr:
+    checkpointing.save(mngr, epoch, bad)
+  with pytest.raises(checkpointing.CheckpointError, match='NaN or infinite'):
+    predict.load_classifier(str(damaged), None)
+  Image.fromarray(_glyph()).save(tmp_path / 'one.png')
+  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={damaged}',
+                         str(tmp_path / 'one.png')], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and 'charjax: cannot load the classifier' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--top_k=0'], '--top_k must be at least 1'),
+    (['--top_k=-2'], '--top_k must be at least 1'),
+    (['--max_pixels=0'], '--max_pixels must be positive'),
+])
+def test_cli_refuses_bad_flags(run_dir, tmp_path, args, message):
+  Image.fromarray(_glyph()).save(tmp_path / 'one.png')
+  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={run_dir}',
+                         *args, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_cli_says_when_a_folder_holds_no_images(run_dir, tmp_path):
+  (tmp_path / 'notes.txt').write_text('no images here')
+  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={run_dir}',
+                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and 'no image files' in proc.stderr
 
 
 def _write_images(folder):
@@ -123,3 +236,8 @@ def test_predict_with_an_svc_on_cnn_features(svc_run, tmp_path):
     scores = [t['score'] for t in r['top']]
     assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] and scores[0] <= 1
     assert all(t['glyph'] for t in r['top'])
+
+
+def test_an_svc_with_a_subset_cnn_run_is_refused(svc_run, run_dir):
+  with pytest.raises(runs.RunError, match='SubsetCNN run'):
+    predict.load_classifier(str(run_dir), str(svc_run / 'svc_vowels.npz'))

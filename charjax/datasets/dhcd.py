@@ -84,7 +84,7 @@ class Dhcd(tfds.core.GeneratorBasedBuilder):
             for split, labelled in splits.items()}
 
   def _generate_examples(self, source: pathlib.Path, labelled: dict[str, int]):
-    for name, data in archives.iter_files(source):
+    for name, data in archives.iter_files(source, labelled):  # other entries stay unread
       if name in labelled:
         yield name, {
             'image': sources.decode_grayscale(name, data),

@@ -113,7 +113,8 @@ class Nhcd(tfds.core.GeneratorBasedBuilder):
     names = archives.list_files(source)
     labelled = layout(names, self.builder_config.name)
     csv = [n for n in names if posixpath.basename(n) == 'labels.csv']
-    for name, data in archives.iter_files(source):
+    # Only the labelled images and labels.csv are decompressed; other entries stay unread.
+    for name, data in archives.iter_files(source, set(labelled) | set(csv)):
       if name in csv:
         check_labels_csv(data.decode('utf-8-sig'))
       elif name in labelled:

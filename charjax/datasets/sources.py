@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from charjax import archives
+from charjax import preprocess
 
 DATA_DIR_ENV = 'CHARJAX_DATA_DIR'
 TFDS_DIR_ENV = 'CHARJAX_TFDS_DIR'
@@ -81,7 +82,7 @@ def decode_grayscale(name: str, data: bytes) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as img:
       img.load()
-      array = np.asarray(img.convert('L'), dtype=np.uint8)
+      grey = preprocess.grey_levels(img)  # the same conversion as charjax.predict's
   except Exception as e:  # PIL raises many types for bad data.
     raise archives.ArchiveError(f'Cannot decode image {name}: {e}') from e
-  return array[..., None]
+  return np.round(grey).astype(np.uint8)[..., None]

@@ -15,7 +15,8 @@
 // The input gradient is the forward code run on the output gradient, zero-padded one image
 // at a time, with the kernel flipped and transposed; the bias gradient is summed with the
 // kernel gradient. Work is split over images between the calling thread and XLA's
-// intra-op thread pool. Written with AVX2/FMA intrinsics; charjax/native_conv.py compiles
+// intra-op thread pool; reductions over images add in a fixed order (see ParallelFor).
+// Written with AVX2/FMA intrinsics; charjax/native_conv.py compiles
 // it with -march=native on x86-64 CPUs that have both.
 
 #include <algorithm>
@@ -113,9 +114,14 @@ inline void ForEachTile(int64_t count, F&& tile) {
   }
 }
 
-// Runs body(item) for item in [0, count) on the caller and up to threads - 1 pool tasks.
-// Items are claimed from a shared counter, so the caller finishes the work alone if the
-// pool never gets to it; it returns once every item is done.
+// Runs body(worker, chunk, item) for item in [0, count) on the caller and up to
+// threads - 1 pool tasks. The items are cut into `chunks` fixed, contiguous ranges (chunk c
+// holds items [c * count / chunks, (c + 1) * count / chunks)), and each chunk runs in item
+// order on whichever thread claims it. So a reduction kept per chunk and summed over the
+// chunks in order afterwards does the same additions in the same order however the threads
+// are scheduled, and however many there are: the results are bitwise reproducible.
+// `worker` (< threads) indexes per-thread scratch. The caller finishes the work alone if
+// the pool never gets to it; it returns once every item is done.
 struct ParallelState {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
@@ -123,18 +129,22 @@ struct ParallelState {
   std::condition_variable cv;
 };
 
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t threads,
-                 const std::function<void(int64_t worker, int64_t item)>& body) {
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t threads, int64_t chunks,
+                 const std::function<void(int64_t worker, int64_t chunk, int64_t item)>& body) {
   auto state = std::make_shared<ParallelState>();
-  auto work = [state, count, &body](int64_t worker) {
+  auto work = [state, count, chunks, &body](int64_t worker) {
     int64_t finished = 0;
-    for (int64_t item; (item = state->next.fetch_add(1)) < count; ++finished) body(worker, item);
+    for (int64_t c; (c = state->next.fetch_add(1)) < chunks;) {
+      const int64_t end = (c + 1) * count / chunks;
+      for (int64_t item = c * count / chunks; item < end; ++item, ++finished)
+        body(worker, c, item);
+    }
     if (finished && state->done.fetch_add(finished) + finished == count) {
       std::lock_guard<std::mutex> lock(state->mu);
       state->cv.notify_all();
     }
   };
-  // Pool tasks hold `state` alive; `body` is only touched while items remain, which the
+  // Pool tasks hold `state` alive; `body` is only touched while chunks remain, which the
   // caller outlives by waiting below.
   for (int64_t w = 1; w < threads; ++w) pool.Schedule([work, w] { work(w); });
   work(0);
@@ -145,6 +155,13 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t threads,
 int64_t Workers(ffi::ThreadPool& pool, int64_t items) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), items));
 }
+
+// Chunks of a reduction over images: a constant (not the thread count), so that the order
+// of its additions is the same on every machine; more chunks than threads also balance
+// the load.
+constexpr int64_t kReductionChunks = 8;
+
+int64_t Chunks(int64_t items) { return std::max<int64_t>(1, std::min(kReductionChunks, items)); }
 
 // Packs an HWIO kernel [taps][cin][cout] into panels [cout / 16][taps][cin][16]. With
 // `flip`, the panel is that of the input gradient's convolution: taps reversed, and the
@@ -483,7 +500,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
       winograd ? WinogradScratch(cin, cout) : (positions ? ho * wo * cout : 0);
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_size));
   const float* xs = x.typed_data();
-  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
+  ParallelFor(pool, n, threads, threads, [&](int64_t worker, int64_t, int64_t b) {
     const float* xb = xs + b * h * wid * cin;
     float* yb = ys + b * ysize;
     int8_t* pb = positions ? positions + b * ysize : nullptr;
@@ -536,7 +553,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* 
       threads, std::vector<float>(padded + (winograd ? WinogradScratch(cin, cout) : 0)));
   const std::vector<float> zeros(cin, 0.f);
   float* dxs = dx->typed_data();
-  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
+  ParallelFor(pool, n, threads, threads, [&](int64_t worker, int64_t, int64_t b) {
     float* pad = scratch[worker].data();
     float* interior = pad + ((kh - 1) * wp + kw - 1) * cout;
     const float* src = dys + b * dysize;
@@ -586,23 +603,25 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   // dU (16 positions) by Winograd, else the kernel gradient itself.
   const int64_t wsize = (winograd ? 16 : kh * kw) * cin * cout;
   const int64_t work = winograd ? WinogradScratch(cin, cout) : 0;
-  const int64_t threads = Workers(pool, n);
-  // Per worker: the kernel gradient (or dU), the bias gradient, the Winograd buffers, the
-  // unpooled output gradient.
-  std::vector<std::vector<float>> partial(
-      threads, std::vector<float>(wsize + cout + work + (positions ? ysize : 0), 0.f));
+  const int64_t threads = Workers(pool, n), chunks = Chunks(n);
+  // Per chunk: the kernel gradient (or dU) and the bias gradient of its images; per worker:
+  // the Winograd buffers and the unpooled output gradient.
+  const int64_t sums = wsize + cout;
+  std::vector<std::vector<float>> partial(chunks, std::vector<float>(sums, 0.f));
+  std::vector<std::vector<float>> scratch(
+      threads, std::vector<float>(std::max<int64_t>(1, work + (positions ? ysize : 0))));
   const float* xs = x.typed_data();
-  ParallelFor(pool, n, threads, [&](int64_t worker, int64_t b) {
-    float* part = partial[worker].data();
+  ParallelFor(pool, n, threads, chunks, [&](int64_t worker, int64_t chunk, int64_t b) {
+    float* part = partial[chunk].data();
+    float* own = scratch[worker].data();
     const float* dyb = dys + b * dysize;
     if (positions) {
-      float* unpooled = part + wsize + cout + work;
+      float* unpooled = own + work;
       UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
       dyb = unpooled;
     }
     if (winograd)
-      WinogradGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, cout, part,
-                        part + wsize + cout);
+      WinogradGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, cout, part, own);
     else
       KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
     float* db = part + wsize;
@@ -610,8 +629,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
       for (int64_t o = 0; o < cout; o += 8)
         store8(db + o, _mm256_add_ps(load8(db + o), load8(dyb + p + o)));
   });
-  for (int64_t t = 1; t < threads; ++t)
-    for (int64_t k = 0; k < wsize + cout; ++k) partial[0][k] += partial[t][k];
+  for (int64_t c = 1; c < chunks; ++c)  // in chunk order: the same sum on every run
+    for (int64_t k = 0; k < sums; ++k) partial[0][k] += partial[c][k];
   if (winograd)
     WinogradKernelGradient(partial[0].data(), cin, cout, dw->typed_data());
   else
