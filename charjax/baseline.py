@@ -31,6 +31,7 @@ from sklearn import decomposition
 from sklearn import model_selection
 
 from charjax import archives
+from charjax import cli
 from charjax import input_pipeline
 from charjax import preprocess
 from charjax import svc
@@ -123,4 +124,4 @@ if __name__ == '__main__':
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for the results.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from charjax import archives
+from charjax import configuration
 from charjax import datasets
 from charjax import preprocess
 from charjax import splits as splits_lib
@@ -180,8 +181,19 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
   """Loads `config.dataset`/`config.subset`, splits it and preprocesses every split."""
   examples = load_examples(config.dataset, config.subset, data_dir=config.data_dir or None,
                            tfds_dir=config.tfds_dir or None)
-  indices = make_splits(examples, kind=config.split, test_fraction=config.test_fraction,
-                        val_fraction=config.val_fraction, seed=config.split_seed)
+  try:
+    indices = make_splits(examples, kind=config.split, test_fraction=config.test_fraction,
+                          val_fraction=config.val_fraction, seed=config.split_seed)
+  except ValueError as e:  # scikit-learn's: a split too small for one image per class, ...
+    raise configuration.ConfigError(
+        f'Cannot split {config.dataset}/{config.subset} ({len(examples.labels)} images, '
+        f'{len(examples.class_names)} classes) with split={config.split!r}, test_fraction='
+        f'{config.test_fraction}, val_fraction={config.val_fraction}: {e}') from None
+  empty = [name for name, idx in indices.items() if len(idx) == 0]
+  if empty:
+    raise configuration.ConfigError(
+        f'split={config.split!r} with test_fraction={config.test_fraction} and val_fraction='
+        f'{config.val_fraction} leaves no images in {", ".join(empty)}.')
   images = {
       name: preprocess.to_model_input([examples.images[i] for i in idx],
                                       ink_is_dark=INK_IS_DARK[config.dataset],

@@ -32,6 +32,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from charjax import checkpointing
+from charjax import cli
 from charjax import configuration
 from charjax import preprocess
 from charjax import runs
@@ -244,4 +245,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('crop', False, 'Stretch the contrast and crop to the character first '
                     '(photos, scans with wide margins); off: exactly the training preprocessing.')
   flags.DEFINE_integer('max_pixels', MAX_PIXELS, 'Refuse images with more pixels than this.')
-  app.run(main)
+  cli.run(main)

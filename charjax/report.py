@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from charjax import augment
+from charjax import cli
 from charjax import input_pipeline
 from charjax import preprocess
 from charjax import runs
@@ -385,4 +386,4 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_string('study_dir', None, 'The workdir of `python -m charjax.study`.')
   flags.mark_flags_as_required(['study_dir'])
-  app.run(main)
+  cli.run(main)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charjax import cli
 from charjax import conv
 from charjax import input_pipeline
 from charjax import runs
@@ -130,4 +131,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Where the SVCs and results.json go.')
   flags.DEFINE_integer('folds', 5, 'Cross-validation folds of the grid search.')
   flags.mark_flags_as_required(['cnn_workdir', 'workdir'])
-  app.run(main)
+  cli.run(main)

@@ -24,6 +24,7 @@ from absl import logging
 from charjax import archives
 from charjax import baseline
 from charjax import checkpointing
+from charjax import cli
 from charjax import configuration
 from charjax import report
 from charjax import runs
@@ -125,4 +126,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_dir', '', 'Folder holding the archives (default: search).')
   flags.DEFINE_string('tfds_dir', '', 'Folder for prepared datasets (default: TFDS default).')
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  cli.run(main)

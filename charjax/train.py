@@ -33,9 +33,9 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from charjax import archives
 from charjax import augment
 from charjax import checkpointing
+from charjax import cli
 from charjax import configuration
 from charjax import conv
 from charjax import input_pipeline
@@ -43,7 +43,6 @@ from charjax import models
 from charjax import optim
 from charjax import rundir
 from charjax import splits as splits_lib
-from charjax.datasets import sources
 
 
 MODELS = {'SubsetCNN': models.SubsetCNN, 'AllClassesCNN': models.AllClassesCNN}
@@ -401,13 +400,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(quiet_library_logs)
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
+    cli.exit_on_error(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir,
+                      restart=flags.FLAGS.restart, errors=(TrainingDiverged,))
   except TrainingInterrupted as e:
     print(f'charjax: {e}', file=sys.stderr)
     sys.exit(128 + int(e.signum))
-  except (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError,
-          checkpointing.CheckpointError, TrainingDiverged) as e:
-    sys.exit(f'charjax: {e}')
 
 
 if __name__ == '__main__':
@@ -415,7 +412,8 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
-  flags.DEFINE_bool('restart', False, 'Delete a run of another config in --workdir and start '
-                    'over (by default a run of the same config resumes, another is refused).')
+  flags.DEFINE_bool('restart', False, 'Delete the run in --workdir (only the files charjax '
+                    'wrote) and start over (by default a run of the same config resumes, '
+                    'another is refused).')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(main)

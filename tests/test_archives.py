@@ -80,3 +80,56 @@ def test_plain_archive_is_read_and_nothing_is_written(tmp_path):
   assert archives.list_files(path) == ['root/a.png']
   assert list(archives.iter_files(path)) == [('root/a.png', b'1')]
   assert set(tmp_path.rglob('*')) == before
+
+
+def _bomb_zip(path, bomb_name, bomb_bytes=200 << 20):
+  """A zip of a few KB whose `bomb_name` entry inflates to `bomb_bytes` zeros."""
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as zf:
+    zf.writestr('nhcd/numerals/0/001_01.jpg', b'x' * 100)
+    with zf.open(bomb_name, 'w', force_zip64=True) as entry:
+      chunk = bytes(1 << 20)
+      for _ in range(bomb_bytes >> 20):
+        entry.write(chunk)
+  return path
+
+
+def test_entries_not_wanted_are_never_decompressed(tmp_path):
+  import tracemalloc
+  path = _bomb_zip(tmp_path / 'bomb.zip', 'nhcd/junk.bin')
+  assert path.stat().st_size < 1 << 20
+  tracemalloc.start()
+  names = archives.list_files(path)
+  got = dict(archives.iter_files(path, {'nhcd/numerals/0/001_01.jpg'}))
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert names == ['nhcd/junk.bin', 'nhcd/numerals/0/001_01.jpg']
+  assert got == {'nhcd/numerals/0/001_01.jpg': b'x' * 100}
+  assert peak < 8 << 20  # the 200 MB entry was never inflated
+
+
+def test_a_wanted_entry_over_the_size_limit_is_refused(tmp_path):
+  import tracemalloc
+  path = _bomb_zip(tmp_path / 'bomb.zip', 'nhcd/numerals/1/001_01.jpg')
+  tracemalloc.start()
+  with pytest.raises(archives.ArchiveError, match='more than the'):
+    dict(archives.iter_files(path))
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert peak < 8 << 20
+
+
+def test_a_tar_entry_over_the_size_limit_is_refused_unread(tmp_path):
+  path = _tar(tmp_path / 'x.tar.gz', [('a/small.png', 'file', b'1'),
+                                      ('a/big.png', 'file', bytes(2 << 20))])
+  assert dict(archives.iter_files(path, {'a/small.png'})) == {'a/small.png': b'1'}
+  with pytest.raises(archives.ArchiveError, match="'a/big.png' holds 2097152 bytes"):
+    dict(archives.iter_files(path, limit=1 << 20))
+
+
+def test_duplicate_entry_names_are_refused(tmp_path):
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # zipfile warns about the duplicate name
+    path = _zip(tmp_path / 'x.zip', [('a/1.png', b'1', 0), ('a/1.png', b'2', 0)])
+  with pytest.raises(archives.ArchiveError, match="two entries named 'a/1.png'"):
+    archives.list_files(path)

@@ -36,6 +36,20 @@ def _outcome(workdir):
   return {k: results[k] for k in keep}
 
 
+def _checkpoint_bytes(workdir):
+  """{'best/params/...': bytes} of every array in the run's checkpoints."""
+  config = runs.load_config(workdir)
+  template = train.create_train_state(config, train.create_model(config, 10),
+                                      jax.random.key(0), config.image_size)
+  out = {}
+  for kind in ('best', 'latest'):
+    with checkpointing.manager(workdir / 'checkpoints' / kind, read_only=True) as mngr:
+      state = checkpointing.restore(mngr, template)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+      out[f'{kind}{jax.tree_util.keystr(path)}'] = np.asarray(leaf).tobytes()
+  return out
+
+
 def _cli_args(config, workdir):
   args = ['--config', 'configs/numerals.py', '--workdir', str(workdir)]
   for key in ('data_dir', 'tfds_dir', 'image_size', 'dense_features', 'dense_dropout',
@@ -58,9 +72,23 @@ def test_same_config_and_seed_give_the_same_run(reference, tmp_path):
   assert _curve(tmp_path) == _curve(workdir)
   assert _outcome(tmp_path) == _outcome(workdir)
   assert (tmp_path / 'splits.json').read_text() == (workdir / 'splits.json').read_text()
+  assert _checkpoint_bytes(tmp_path) == _checkpoint_bytes(workdir)
 
 
-def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path):
+def test_the_reference_run_uses_the_native_kernels_threaded(reference):
+  """The determinism tests mean something only if the threaded native kernels ran."""
+  from charjax import conv
+  from charjax import native_conv
+  config, _ = reference
+  if native_conv._cpu_problem() is not None:
+    pytest.skip(native_conv._cpu_problem())
+  assert conv.resolve_impl(config.conv_impl) == 'native'
+  assert all(f % native_conv.LANES == 0 for f in config.conv_features)
+  assert config.batch_size > 1 and jax.devices()[0].platform == 'cpu'
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_mid_run_then_same_command_ends_identically(reference, tmp_path, sig):
   config, workdir = reference
   cmd = _cli_args(config, tmp_path)
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -71,8 +99,9 @@ def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path)
       break
     time.sleep(0.05)
   assert proc.poll() is None, 'the run ended before it could be killed'
-  proc.send_signal(signal.SIGKILL)
+  proc.send_signal(sig)
   proc.wait()
+  assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM)
   killed_at = len(metrics.read_text().splitlines())
   assert killed_at < config.num_epochs and not (tmp_path / 'results.json').exists()
   resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -80,6 +109,7 @@ def test_sigkill_mid_run_then_same_command_ends_identically(reference, tmp_path)
   assert 'Resuming' in resumed.stderr
   assert _curve(tmp_path) == _curve(workdir)  # bitwise: same compiled code, same inputs
   assert _outcome(tmp_path) == _outcome(workdir)
+  assert _checkpoint_bytes(tmp_path) == _checkpoint_bytes(workdir)
   results = json.loads((tmp_path / 'results.json').read_text())
   assert 0 < results['resumed_from_epoch'] <= killed_at
   epoch_seconds = [json.loads(l)['epoch_seconds'] for l in metrics.read_text().splitlines()]
@@ -167,8 +197,17 @@ def test_nan_in_a_batch_is_caught_at_its_step(prepared_dirs):
   assert 1 <= int(sums['first_bad_step']) <= 3
 
 
-def test_full_disk_fails_clearly_and_keeps_earlier_checkpoints(reference, tmp_path,
-                                                               monkeypatch):
+@pytest.mark.parametrize('error,message', [
+    (OSError(errno.ENOSPC, 'No space left on device'), 'No space left'),
+    # what tensorstore raises for ENOSPC
+    (ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": [OS error: No space left '
+                'on device]'), 'No space left'),
+    (OSError(errno.EROFS, 'Read-only file system'), 'read-only file system'),
+    (ValueError('PERMISSION_DENIED: Error opening file "x": [OS error: Permission denied]'),
+     'No permission'),
+])
+def test_full_or_read_only_disk_fails_clearly_and_keeps_earlier_checkpoints(
+    reference, tmp_path, monkeypatch, error, message):
   config, _ = reference
   config = config.copy_and_resolve_references()
   config.num_epochs = 3
@@ -176,11 +215,11 @@ def test_full_disk_fails_clearly_and_keeps_earlier_checkpoints(reference, tmp_pa
 
   def save(self, step, *args, **kwargs):
     if step >= 3:
-      raise OSError(errno.ENOSPC, 'No space left on device')
+      raise error
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
-  with pytest.raises(checkpointing.CheckpointError, match='No space left.*intact'):
+  with pytest.raises(checkpointing.CheckpointError, match=f'{message}.*intact'):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()
   latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')

@@ -1,0 +1,120 @@
+"""What charjax's command-line entry points share: flag parsing and errors as one line.
+
+A researcher's mistake (a config file that does not load, an unknown or repeated config
+field, an impossible value, a workdir that cannot be written) ends in one
+`charjax: ...` line on stderr and a non-zero exit status, never a traceback:
+
+  if __name__ == '__main__':
+    ... define flags ...
+    cli.run(main)
+
+and inside `main`, `cli.exit_on_error(fn, *args)` turns charjax's own errors and OS
+errors into that line. Programming errors still raise with their traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from charjax import archives
+from charjax import checkpointing
+from charjax import configuration
+from charjax.datasets import sources
+
+
+def repeated_overrides(argv: list[str]) -> list[str]:
+  """Config fields overridden more than once (`--config.x=1 ... --config.x=2`)."""
+  seen, repeated = set(), []
+  for arg in argv[1:]:
+    if arg == '--':
+      break
+    if arg.startswith('--config.'):
+      name = arg[len('--config.'):].split('=', 1)[0]
+      if name in seen and name not in repeated:
+        repeated.append(name)
+      seen.add(name)
+  return repeated
+
+
+def _config_file(argv: list[str]) -> str | None:
+  """The value of the last `--config` flag (`--config=F` or `--config F`), if any."""
+  found = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      break
+    if arg.startswith('--config='):
+      found = arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(argv):
+      found = argv[i + 1]
+  return found
+
+
+def _unknown_fields(argv: list[str]) -> list[str]:
+  names = [a[len('--config.'):].split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+  return sorted({n for n in names if n.split('.', 1)[0] not in configuration.FIELDS})
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every failure as a `charjax:` line and exit status 2.
+
+  A config field given twice is refused (absl would concatenate tuple values); a config
+  file that is missing or does not load, an unknown field or an unparsable value are
+  named.
+  """
+  config_file = _config_file(argv)
+  if config_file is not None and not pathlib.Path(config_file.split(':', 1)[0]).is_file():
+    _exit(f'config file {config_file.split(":", 1)[0]} does not exist.', 2)
+  repeated = repeated_overrides(argv)
+  if repeated:
+    _exit(f'--config.{repeated[0]} is given more than once; give each config field once.', 2)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(f'{str(e).strip()} (--help lists the flags)', 2)
+  except Exception as e:  # a config file that raises while loading, an unknown field, ...
+    unknown = _unknown_fields(argv)
+    if unknown:
+      _exit(f'unknown config field {", ".join(unknown)}; the fields are: '
+            f'{", ".join(sorted(configuration.FIELDS))}.', 2)
+    _exit(f'cannot load the config: {type(e).__name__}: {e}', 2)
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` with `parse_flags`."""
+  app.run(main, flags_parser=parse_flags)
+
+
+# charjax's errors: each carries a message written for the user.
+ERRORS = (configuration.ConfigError, sources.DataNotFoundError, archives.ArchiveError,
+          checkpointing.CheckpointError)
+
+
+def _exit(message: str, status: int = 1):
+  print(f'charjax: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def describe_os_error(e: OSError) -> str:
+  """'No space left on device: /path' and a hint, for an OSError from reading or writing."""
+  where = f': {e.filename}' if e.filename else ''
+  text = f'{e.strerror or e}{where}'
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    text += ' (the disk is full; checkpoints saved before are intact: free space and rerun)'
+  elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    text += ' (no permission to write there, or a read-only file system)'
+  return text
+
+
+def exit_on_error(fn, *args, errors: tuple = (), **kwargs):
+  """Calls `fn`; charjax's errors (and `errors`) and OS errors end the process with one line."""
+  try:
+    return fn(*args, **kwargs)
+  except ERRORS + tuple(errors) as e:
+    _exit(str(e))
+  except OSError as e:
+    _exit(describe_os_error(e))
