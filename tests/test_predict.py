@@ -241,3 +241,34 @@ def test_predict_with_an_svc_on_cnn_features(svc_run, tmp_path):
 def test_an_svc_with_a_subset_cnn_run_is_refused(svc_run, run_dir):
   with pytest.raises(runs.RunError, match='SubsetCNN run'):
     predict.load_classifier(str(run_dir), str(svc_run / 'svc_vowels.npz'))
+
+
+def _damage(best, how):
+  epoch = max(p for p in best.iterdir() if p.name.isdigit())
+  data = epoch / 'default'
+  if how == 'truncated':
+    for f in (data / 'd').iterdir():
+      f.write_bytes(f.read_bytes()[:100])
+  elif how == 'manifest deleted':
+    (data / 'manifest.ocdbt').unlink()
+  elif how == 'bytes flipped':
+    for f in (data / 'd').iterdir():
+      raw = bytearray(f.read_bytes())
+      for i in range(64, len(raw), 5):
+        raw[i] ^= 0xFF
+      f.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize('how', ['truncated', 'manifest deleted', 'bytes flipped'])
+def test_a_damaged_checkpoint_is_one_clear_line(run_dir, tmp_path, how):
+  import shutil
+  damaged = tmp_path / 'run'
+  shutil.copytree(run_dir, damaged)
+  _damage(damaged / 'checkpoints' / 'best', how)
+  Image.fromarray(_glyph()).save(tmp_path / 'one.png')
+  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={damaged}',
+                         str(tmp_path / 'one.png')], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 1
+  assert 'charjax: cannot load the classifier' in proc.stderr and 'damaged' in proc.stderr
+  assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr

@@ -259,3 +259,17 @@ def test_a_run_saved_before_later_fields_existed_still_loads(reference, tmp_path
   loaded, _, state, _ = runs.restore_best(old)
   assert json.loads(loaded.to_json()) == json.loads(config.to_json())
   assert int(state.step) > 0
+
+
+def test_resuming_from_a_damaged_checkpoint_is_one_clear_line(reference, tmp_path):
+  from tests.test_predict import _damage
+  config, workdir = reference
+  run = tmp_path / 'run'
+  shutil.copytree(workdir, run)
+  _damage(run / 'checkpoints' / 'latest', 'truncated')
+  proc = subprocess.run(_cli_args(config, run), cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('charjax: ') and 'is damaged' in last
+  assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr
