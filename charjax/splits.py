@@ -7,7 +7,6 @@ import os
 import pathlib
 
 import numpy as np
-from sklearn import model_selection
 
 SPLITS = ('train', 'validation', 'test')
 
@@ -19,6 +18,7 @@ def stratified_split(labels: np.ndarray, *, test_fraction: float = 0.15,
   Both cuts are stratified by label and seeded (`random_state=seed`), as scikit-learn's
   `train_test_split` does them in the study. Returns sorted index arrays per split.
   """
+  from sklearn import model_selection  # imported only here: slow to import
   index = np.arange(len(labels))
   rest, test = model_selection.train_test_split(
       index, test_size=test_fraction, stratify=labels, random_state=seed)
@@ -33,6 +33,7 @@ def writer_disjoint_split(labels: np.ndarray, writers: np.ndarray, *, test_fract
 
   The fractions are fractions of writers, so image fractions are close but not exact.
   """
+  from sklearn import model_selection  # imported only here: slow to import
   writers = np.asarray(writers)
   if len(np.unique(writers)) < 3 or np.any(writers == ''):
     raise ValueError('A writer-disjoint split needs a writer id per image and at least '

@@ -22,15 +22,19 @@ def broken_config(tmp_path_factory):
   return path
 
 
+slow = pytest.mark.slow  # each case is a process of its own: the rest run with -m slow
+
+
 @pytest.mark.parametrize('args,message', [
     (['--config.bogus=1'], 'unknown config field bogus'),
-    (['--config.model=Bogus'], "model='Bogus' is not one of"),
-    (['--config.num_epochs=abc'], 'flag --config.num_epochs=abc'),
+    pytest.param(['--config.model=Bogus'], "model='Bogus' is not one of", marks=slow),
+    pytest.param(['--config.num_epochs=abc'], 'flag --config.num_epochs=abc', marks=slow),
     (['--config.conv_features=(8,16)', '--config.conv_features=(8,16)'],
      '--config.conv_features is given more than once'),
-    (['--config.model=AllClassesCNN', '--config.image_size=8', '--config.conv_features=(16,16,16)'],
-     'cannot be built for image_size=8'),
-    (['--config.learning_rate=-1'], 'learning_rate=-1'),
+    pytest.param(['--config.model=AllClassesCNN', '--config.image_size=8',
+                  '--config.conv_features=(16,16,16)'], 'cannot be built for image_size=8',
+                 marks=slow),
+    pytest.param(['--config.learning_rate=-1'], 'learning_rate=-1', marks=slow),
 ])
 def test_config_mistakes(prepared_dirs, tmp_path, args, message):
   data_dir, tfds_dir = prepared_dirs
@@ -42,6 +46,7 @@ def test_config_mistakes(prepared_dirs, tmp_path, args, message):
   assert not (tmp_path / 'run' / 'config.json').exists()
 
 
+@slow
 def test_test_fraction_that_leaves_nothing_to_train_on(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
   proc = _train('--config', 'configs/numerals.py', f'--workdir={tmp_path / "run"}',
@@ -52,6 +57,7 @@ def test_test_fraction_that_leaves_nothing_to_train_on(prepared_dirs, tmp_path):
   assert not (tmp_path / 'run' / 'config.json').exists()
 
 
+@slow
 def test_missing_and_broken_config_files(broken_config, tmp_path):
   for config, message in ((tmp_path / 'nope.py', 'does not exist'),
                           (broken_config, 'cannot load the config: ModuleNotFoundError')):
@@ -60,6 +66,7 @@ def test_missing_and_broken_config_files(broken_config, tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+@slow
 def test_a_workdir_that_cannot_be_created(tmp_path):
   (tmp_path / 'a_file').write_text('')
   proc = _train('--config', 'configs/numerals.py', f'--workdir={tmp_path / "a_file" / "run"}')

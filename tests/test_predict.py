@@ -131,8 +131,8 @@ def test_checkpoint_with_nan_parameters_is_refused(run_dir, tmp_path):
 
 @pytest.mark.parametrize('args,message', [
     (['--top_k=0'], '--top_k must be at least 1'),
-    (['--top_k=-2'], '--top_k must be at least 1'),
-    (['--max_pixels=0'], '--max_pixels must be positive'),
+    pytest.param(['--top_k=-2'], '--top_k must be at least 1', marks=pytest.mark.slow),
+    pytest.param(['--max_pixels=0'], '--max_pixels must be positive', marks=pytest.mark.slow),
 ])
 def test_cli_refuses_bad_flags(run_dir, tmp_path, args, message):
   Image.fromarray(_glyph()).save(tmp_path / 'one.png')
@@ -142,6 +142,7 @@ def test_cli_refuses_bad_flags(run_dir, tmp_path, args, message):
   assert proc.returncode != 0 and message in proc.stderr and 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_says_when_a_folder_holds_no_images(run_dir, tmp_path):
   (tmp_path / 'notes.txt').write_text('no images here')
   proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={run_dir}',
@@ -259,7 +260,9 @@ def _damage(best, how):
       f.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize('how', ['truncated', 'manifest deleted', 'bytes flipped'])
+@pytest.mark.parametrize('how', [
+    'truncated', pytest.param('manifest deleted', marks=pytest.mark.slow),
+    pytest.param('bytes flipped', marks=pytest.mark.slow)])
 def test_a_damaged_checkpoint_is_one_clear_line(run_dir, tmp_path, how):
   import shutil
   damaged = tmp_path / 'run'

@@ -51,6 +51,7 @@ def test_a_lock_left_by_a_killed_process_is_not_held(tmp_path):
     pass
 
 
+@pytest.mark.slow
 def test_two_trainings_in_one_workdir_the_second_is_refused(reference_run, tmp_path):
   from tests.test_resilience import _cli_args
   config, _ = reference_run
