@@ -36,6 +36,7 @@ import jax
 
 from benchmarks import timing
 from benchmarks import winograd
+from charjax import cli
 from charjax import conv
 from charjax import dropout
 from charjax import native_conv
@@ -122,4 +123,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do

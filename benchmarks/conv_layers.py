@@ -22,6 +22,7 @@ from absl import flags
 import jax
 
 from benchmarks import timing
+from charjax import cli
 
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _IMPLS = flags.DEFINE_list('impls', ['xla', 'native'], "Convolutions: 'xla' and/or 'native'.")
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do

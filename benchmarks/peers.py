@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from benchmarks import timing
+from charjax import cli
 
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['400', '800'], 'Batch sizes.')
@@ -214,4 +215,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do

@@ -24,6 +24,7 @@ import numpy as np
 from sklearn import model_selection
 from sklearn import svm
 
+from charjax import cli
 from charjax import input_pipeline
 from charjax import runs
 from charjax import specialise
@@ -92,4 +93,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['cnn_workdir'])
-  app.run(main)
+  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do

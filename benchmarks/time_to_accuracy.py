@@ -19,6 +19,7 @@ import jax
 from ml_collections import config_flags
 
 from benchmarks import timing
+from charjax import cli
 from charjax import configuration
 from charjax import conv
 from charjax import input_pipeline
@@ -84,4 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do

@@ -1,9 +1,7 @@
-"""charjax: handwritten Devanagari character classification in JAX/Flax."""
+"""charjax: handwritten Devanagari character classification in JAX/Flax.
 
-from charjax import cpu_flags
-from charjax import host_memory
-
-cpu_flags.apply()
-host_memory.apply()
+Importing charjax changes nothing in the process: the CPU settings its commands use are
+applied by `charjax.cpu_settings.apply()` (called by every `python -m charjax.*` entry point).
+"""
 
 __version__ = '0.1.0'

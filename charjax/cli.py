@@ -24,6 +24,7 @@ from absl import flags
 from charjax import archives
 from charjax import checkpointing
 from charjax import configuration
+from charjax import cpu_settings
 from charjax.datasets import sources
 
 
@@ -85,7 +86,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main) -> None:
-  """`absl.app.run(main)` with `parse_flags`."""
+  """`absl.app.run(main)` with `parse_flags`, after `cpu_settings.apply()`.
+
+  The process-wide CPU settings are an entry point's to make (never an import's): they are
+  applied here, before JAX starts, and only when the process computes on CPU.
+  """
+  cpu_settings.apply()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _windows(x):
@@ -30,9 +31,10 @@ def _max_pool_forward(x):
   return y, (x, y)
 
 
-# Each window position's index in row-major order, broadcast against `_windows`.
-_POSITION = (2 * jnp.arange(2).reshape(1, 1, 2, 1, 1, 1)
-             + jnp.arange(2).reshape(1, 1, 1, 1, 2, 1)).astype(jnp.int8)
+# Each window position's index in row-major order, broadcast against `_windows` (numpy:
+# a jnp constant here would start JAX's backend when charjax is imported).
+_POSITION = (2 * np.arange(2).reshape(1, 1, 2, 1, 1, 1)
+             + np.arange(2).reshape(1, 1, 1, 1, 2, 1)).astype(np.int8)
 
 
 def unpool(dy: jax.Array, positions: jax.Array, shape) -> jax.Array:

@@ -15,6 +15,11 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'charjax-tests-jax-cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
+# The tests run with the CPU settings charjax's commands apply (importing charjax applies
+# none); applied before JAX starts.
+from charjax import cpu_settings  # pylint: disable=g-import-not-at-top
+cpu_settings.apply()
+
 import numpy as np
 from PIL import Image
 import pytest

@@ -101,17 +101,18 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient():
                              rtol=1e-6)
 
 
-def test_importing_charjax_sets_the_cpu_flag_unless_told_not_to():
+def test_cpu_flag_is_added_unless_told_not_to(monkeypatch):
   import os
-  import subprocess
-  import sys
-  code = 'import os, charjax; print(os.environ.get("XLA_FLAGS", ""))'
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'CHARJAX_KEEP_XLA_FLAGS')}
-  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-  assert 'ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION' in out.stdout
-  env['CHARJAX_KEEP_XLA_FLAGS'] = '1'
-  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-  assert out.stdout.strip() == ''
+  from charjax import cpu_flags
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  monkeypatch.delenv(cpu_flags.OPT_OUT_ENV, raising=False)
+  assert cpu_flags.apply() and cpu_flags.YNN_CONVOLUTION_OFF in os.environ['XLA_FLAGS']
+  monkeypatch.delenv('XLA_FLAGS')
+  monkeypatch.setenv(cpu_flags.OPT_OUT_ENV, '1')
+  assert not cpu_flags.apply() and 'XLA_FLAGS' not in os.environ
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=')
+  monkeypatch.delenv(cpu_flags.OPT_OUT_ENV)
+  assert not cpu_flags.apply()  # the user's own choice about YNNPACK is kept
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum_of_a_window_like_flax():

@@ -117,7 +117,8 @@ def test_killed_mid_run_then_same_command_ends_identically(reference, tmp_path, 
   assert json.loads((workdir / 'results.json').read_text())['resumed_from_epoch'] == 0
 
 
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize('sig', [signal.SIGTERM,
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(reference, tmp_path, sig):
   config, _ = reference
   cmd = _cli_args(config, tmp_path)
