@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import pooling
+from charjax import sharding
 
 SOURCE = Path(__file__).with_name('native') / 'conv.cc'
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
@@ -130,13 +131,35 @@ def supports_pool(x_shape, kernel_shape) -> bool:
           and (x_shape[2] - kernel_shape[1] + 1) % 2 == 0)
 
 
-def _call(name, shapes, *args, dtypes=None, **attributes):
+def _call(name, shapes, *args, batched, summed=False, dtypes=None, **attributes):
+  """Calls kernel `name`; `shapes(*args)` gives its output shapes from its arguments.
+
+  Inside a mesh with a `data` axis of several devices, each device calls it on its own
+  images (`sharding.per_device`: `batched` says which arguments are split by image;
+  `summed` outputs, the kernel and bias gradients, are added over devices).
+  """
   problem = _load()
   if problem:
     raise RuntimeError(f'charjax native convolution unavailable: {problem}')
-  dtypes = dtypes or [jnp.float32] * len(shapes)
-  results = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
-  return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args, **attributes)
+
+  def local(*args):
+    out_shapes = shapes(*args)
+    kinds = dtypes or [jnp.float32] * len(out_shapes)
+    results = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(out_shapes, kinds)]
+    return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args, **attributes)
+  return sharding.per_device(local, batched, summed)(*args)
+
+
+def _conv_shape(x_shape, kernel_shape):
+  n, h, w, _ = x_shape
+  kh, kw, _, cout = kernel_shape
+  return (n, h - kh + 1, w - kw + 1, cout)
+
+
+def _input_shape(dy_shape, kernel_shape):
+  n, ho, wo, _ = dy_shape
+  kh, kw, cin, _ = kernel_shape
+  return (n, ho + kh - 1, wo + kw - 1, cin)
 
 
 def _check(x, kernel, bias):
@@ -161,10 +184,8 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, winograd: bool = True
   convolutions.
   """
   _check(x, kernel, bias)
-  n, h, w, _ = x.shape
-  kh, kw, _, cout = kernel.shape
-  return _call('forward', [(n, h - kh + 1, w - kw + 1, cout)], x, kernel, bias,
-               winograd=bool(winograd))[0]
+  return _call('forward', lambda x, k, b: [_conv_shape(x.shape, k.shape)], x, kernel, bias,
+               batched=(True, False, False), winograd=bool(winograd))[0]
 
 
 def _forward(x, kernel, bias, winograd):
@@ -174,11 +195,12 @@ def _forward(x, kernel, bias, winograd):
 def _backward(winograd, residuals, dy):
   x, kernel = residuals
   if kernel.shape[2] % LANES == 0:
-    dx = _call('input_grad', [x.shape], dy, kernel, winograd=bool(winograd))[0]
+    dx = _call('input_grad', lambda dy, k: [_input_shape(dy.shape, k.shape)], dy, kernel,
+               batched=(True, False), winograd=bool(winograd))[0]
   else:
     dx = _xla_input_grad(x, kernel, dy)
-  dkernel, dbias = _call('kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy,
-                         winograd=bool(winograd))
+  dkernel, dbias = _call('kernel_grad', lambda x, dy: [kernel.shape, kernel.shape[3:]], x, dy,
+                         batched=(True, True), summed=True, winograd=bool(winograd))
   return dx, dkernel, dbias
 
 
@@ -210,10 +232,11 @@ def _conv_pool(x, kernel, bias, winograd):
   _check(x, kernel, bias)
   if not supports_pool(x.shape, kernel.shape):
     raise ValueError(f'conv_pool needs an even convolution output; got {x.shape}, {kernel.shape}')
-  n, h, w, _ = x.shape
-  kh, kw, _, cout = kernel.shape
-  shape = (n, (h - kh + 1) // 2, (w - kw + 1) // 2, cout)
-  return _call('pool_forward', [shape, shape], x, kernel, bias, dtypes=[jnp.float32, jnp.int8],
+  def shapes(x, k, b):
+    n, ho, wo, cout = _conv_shape(x.shape, k.shape)
+    return [(n, ho // 2, wo // 2, cout)] * 2
+  return _call('pool_forward', shapes, x, kernel, bias, batched=(True, False, False),
+               dtypes=[jnp.float32, jnp.int8],
                winograd=bool(winograd))
 
 
@@ -225,12 +248,16 @@ def _conv_pool_forward(x, kernel, bias, winograd):
 def _conv_pool_backward(winograd, residuals, dy):
   x, kernel, positions = residuals
   if kernel.shape[2] % LANES == 0:
-    dx = _call('pool_input_grad', [x.shape], dy, positions, kernel, winograd=bool(winograd))[0]
+    dx = _call('pool_input_grad',
+               lambda dy, p, k: [_input_shape((dy.shape[0], 2 * dy.shape[1], 2 * dy.shape[2],
+                                               dy.shape[3]), k.shape)],
+               dy, positions, kernel, batched=(True, True, False), winograd=bool(winograd))[0]
   else:
     full = (x.shape[0], x.shape[1] - kernel.shape[0] + 1, x.shape[2] - kernel.shape[1] + 1,
             kernel.shape[3])
     dx = _xla_input_grad(x, kernel, pooling.unpool(dy, positions, full))
-  dkernel, dbias = _call('pool_kernel_grad', [kernel.shape, kernel.shape[3:]], x, dy, positions,
+  dkernel, dbias = _call('pool_kernel_grad', lambda x, dy, p: [kernel.shape, kernel.shape[3:]],
+                         x, dy, positions, batched=(True, True, True), summed=True,
                          winograd=bool(winograd))
   return dx, dkernel, dbias
 

@@ -33,8 +33,9 @@ DATA_FILE = 'data.json'
 # Every file and folder `charjax.train` writes into a workdir (all that `--restart` deletes).
 RUN_FILES = ('config.json', 'splits.json', DATA_FILE, 'metrics.jsonl', 'results.json')
 CHECKPOINT_DIRS = ('checkpoints/best', 'checkpoints/latest')
-# Fields that say where data lives, not what is computed: they may change between resumes.
-LOCATION_FIELDS = ('data_dir', 'tfds_dir')
+# Fields that say where data lives or on how many devices a run computes, not what it
+# computes: they may change between resumes.
+LOCATION_FIELDS = ('data_dir', 'tfds_dir', 'num_devices')
 
 
 class RunDirError(configuration.ConfigError):

@@ -28,6 +28,7 @@ from absl import logging
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -42,6 +43,7 @@ from charjax import input_pipeline
 from charjax import models
 from charjax import optim
 from charjax import rundir
+from charjax import sharding
 from charjax import splits as splits_lib
 
 
@@ -147,25 +149,39 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
   (draws from `fold_in(rng, state.step)`); evaluation never is.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
-  batches run in a `lax.scan`, the remainder as one more step of its own size. Returns the
-  new state and metrics summed over the epoch. `unroll` is the scan's (see
+  batches run in a `lax.scan`, the remainder as one more step of its own size (padded to a
+  multiple of the mesh's devices and masked, so every example counts exactly once).
+  Returns the new state and metrics summed over the epoch. `unroll` is the scan's (see
   `conv.loop_unroll`: True on CPU with XLA's convolution).
+
+  Inside a mesh (`jax.set_mesh`), each batch is split along its `data` axis. The random
+  draws (dropout masks, augmentation) are made for the whole batch with JAX's
+  partitionable threefry, in which each element's bits depend only on its position, so
+  they are the same on any number of devices and for a padded last batch.
   """
   shuffle_rng, dropout_rng, augment_rng = jax.random.split(rng, 3)
   order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
   full, rest = divmod(images.shape[0], batch_size)
+  devices = sharding.data_parallel_size()
 
-  def step(state, idx):
+  def step(state, batch_index):
+    idx, mask = batch_index
+    if devices > 1:
+      idx, mask = (jax.lax.with_sharding_constraint(a, P(sharding.DATA_AXIS))
+                   for a in (idx, mask))
     batch = images[idx]
     if augmentation is not None:
       batch = augment.random_augment(jax.random.fold_in(augment_rng, state.step), batch,
                                      augmentation)
-    return train_step(state, batch, labels[idx], jnp.ones(idx.shape, bool), dropout_rng)
+    return train_step(state, batch, labels[idx], mask, dropout_rng)
 
-  state, metrics = jax.lax.scan(step, state, order[:full * batch_size].reshape(full, -1),
+  index = order[:full * batch_size].reshape(full, -1)
+  state, metrics = jax.lax.scan(step, state, (index, jnp.ones(index.shape, bool)),
                                 unroll=unroll)
   if rest:
-    state, last = step(state, order[full * batch_size:])
+    pad = -rest % devices
+    last_index = jnp.concatenate([order[full * batch_size:], jnp.zeros(pad, order.dtype)])
+    state, last = step(state, (last_index, jnp.arange(rest + pad) < rest))
     metrics = jax.tree.map(lambda m, l: jnp.concatenate([m, l[None]]), metrics, last)
   return state, _sum(metrics)
 
@@ -174,9 +190,13 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
 def evaluate(state, images, labels, *, batch_size: int, unroll: int | bool = 1):
   """Summed loss, correct count and per-image predictions over a whole split.
 
-  One compiled loop over padded, masked batches; `unroll` as in `train_epoch`.
+  One compiled loop over padded, masked batches; `unroll` as in `train_epoch`. Inside a
+  mesh, `batch_size` must be a multiple of its devices (each evaluates its part).
   """
   index, mask = _batches(jnp.arange(images.shape[0]), batch_size)
+  if sharding.data_parallel_size() > 1:
+    index, mask = (jax.lax.with_sharding_constraint(a, P(None, sharding.DATA_AXIS))
+                   for a in (index, mask))
   _, metrics = jax.lax.scan(
       lambda _, b: (None, eval_step(state, images[b[0]], labels[b[0]], b[1])),
       None, (index, mask), unroll=unroll)
@@ -189,10 +209,11 @@ def _summarise(sums) -> dict[str, float]:
   return {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count}
 
 
-def _device_info() -> dict:
-  device = jax.devices()[0]
+def _device_info(mesh) -> dict:
+  device = mesh.devices.flat[0]
   return {'platform': device.platform, 'device_kind': device.device_kind,
-          'device_count': jax.device_count(), 'jax_version': jax.__version__}
+          'device_count': jax.device_count(), 'mesh_devices': int(mesh.size),
+          'process_count': jax.process_count(), 'jax_version': jax.__version__}
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -269,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_classes = input_pipeline.num_classes(config.dataset, config.subset)
   model = create_model(config, num_classes)
   check_model(config, model)
+  mesh = make_mesh(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with rundir.RunLock(workdir):
@@ -278,10 +300,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       rundir.clear_run(workdir)
     else:
       rundir.check_same_config(workdir, config)
-    return _train(config, workdir, model, num_classes, start)
+    with jax.set_mesh(mesh):
+      return _train(config, workdir, model, num_classes, mesh, start)
 
 
-def _train(config, workdir: pathlib.Path, model, num_classes: int, start: float) -> dict:
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The data-parallel mesh of `config.num_devices` devices (0: all); `ConfigError` if the
+  machine lacks them or `batch_size` does not split evenly over them."""
+  try:
+    mesh = sharding.make_mesh(config.num_devices)
+  except sharding.MeshError as e:
+    raise configuration.ConfigError(str(e)) from None
+  if config.batch_size % mesh.size:
+    raise configuration.ConfigError(
+        f'batch_size={config.batch_size} does not split evenly over {mesh.size} devices; '
+        f'use a multiple of {mesh.size} or set num_devices.')
+  return mesh
+
+
+def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: float) -> dict:
   """`train_and_evaluate` once the workdir is locked and known to fit this config."""
   examples, data = input_pipeline.load_splits(config)
   configuration.check_against_data(config, len(data.labels['train']))
@@ -296,11 +333,14 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, start: float)
   split_sizes = {name: int(len(y)) for name, y in data.labels.items()}
   logging.info('%s/%s split sizes: %s', config.dataset, config.subset, split_sizes)
 
-  images = {k: jax.device_put(v) for k, v in data.images.items()}
-  labels = {k: jax.device_put(v) for k, v in data.labels.items()}
+  # Data, parameters and optimizer state on every device of the mesh; batches are split.
+  whole = sharding.replicated(mesh)
+  images = {k: jax.device_put(v, whole) for k, v in data.images.items()}
+  labels = {k: jax.device_put(v, whole) for k, v in data.labels.items()}
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(config, model, init_rng, config.image_size)
-  eval_bs = {k: min(config.eval_batch_size, n) for k, n in split_sizes.items()}
+  state = jax.device_put(create_train_state(config, model, init_rng, config.image_size), whole)
+  eval_bs = {k: -(-min(config.eval_batch_size, n) // mesh.size) * mesh.size
+             for k, n in split_sizes.items()}
   unroll = conv.loop_unroll(config.conv_impl)
   augmentation = augment.from_config(config)
   steps_per_epoch = -(-split_sizes['train'] // config.batch_size)
@@ -381,7 +421,7 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, start: float)
         'train_images_per_s': float(np.median(throughput[1:] or throughput)),
         'train_seconds': float(sum(r['epoch_seconds'] for r in records)),
         'resumed_from_epoch': done,
-        'wall_clock_s': time.time() - start, 'device': _device_info(),
+        'wall_clock_s': time.time() - start, 'device': _device_info(mesh),
     }
     (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
     logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 180
   config.seed = 0
   config.checkpoint_every_epochs = 10
+  # Devices of the data-parallel mesh (0: every device JAX sees); each batch is split over
+  # them. It may change when a run is resumed.
+  config.num_devices = 0
   # On-device augmentation of training batches (experiment 3 turns it on).
   config.augment = False
   config.augment_rotation_degrees = 15.0  # angle drawn in [-r, r] per image

@@ -58,6 +58,7 @@ def test_importing_charjax_leaves_xla_flags_and_malloc_untouched():
   assert applied['kept_mb'] > 192
 
 
+@pytest.mark.slow  # a process of its own; the fast check below reads the same decision
 def test_nothing_is_applied_for_an_accelerator_backend():
   on_gpu = _probe('apply', {'JAX_PLATFORMS': 'cuda'})
   assert on_gpu['flags_after'] is None and on_gpu['kept_mb'] < 64

@@ -87,7 +87,8 @@ def test_the_reference_run_uses_the_native_kernels_threaded(reference):
   assert config.batch_size > 1 and jax.devices()[0].platform == 'cpu'
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize('sig', [signal.SIGKILL,
+                                 pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_mid_run_then_same_command_ends_identically(reference, tmp_path, sig):
   config, workdir = reference
   cmd = _cli_args(config, tmp_path)
