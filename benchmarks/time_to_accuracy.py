@@ -49,7 +49,7 @@ def main(argv):
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train.create_train_state(config, train.create_model(config, len(data.class_names)),
                                    init_rng, config.image_size)
-  unroll = conv.loop_unroll(config.conv_impl)
+  unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
   clock, reached, best, curve = 0.0, None, None, []
   for epoch in range(1, config.num_epochs + 1):
     start = time.perf_counter()

@@ -16,14 +16,19 @@ FIELDS = {
     'bottleneck_activation': str,
     'learning_rate': float, 'rmsprop_rho': float, 'rmsprop_epsilon': float,
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
-    'checkpoint_every_epochs': int, 'num_devices': int,
+    'checkpoint_every_epochs': int, 'num_devices': int, 'dtype': str,
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
 }
 
 # Fields added after runs had been saved without them, each with the value that reproduces
 # how those runs were trained (no bottleneck, no augmentation).
 ADDED_LATER = {'bottleneck_features': 0, 'bottleneck_activation': 'relu', 'augment': False,
-               'augment_rotation_degrees': 15.0, 'augment_zoom': 0.2, 'num_devices': 0}
+               'augment_rotation_degrees': 15.0, 'augment_zoom': 0.2, 'num_devices': 0,
+               'dtype': 'float32'}
+
+# What the networks compute in: float32 (the study's), or bfloat16 activations and products
+# with float32 parameters, optimizer state and loss.
+DTYPES = ('float32', 'bfloat16')
 
 SUBSETS = {'nhcd': ('numerals', 'vowels', 'consonants', 'all'), 'dhcd': ('all',)}
 
@@ -74,6 +79,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
   need(config.eval_batch_size > 0, f'eval_batch_size={config.eval_batch_size} must be positive')
   need(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive')
+  need(config.dtype in DTYPES, f'dtype={config.dtype!r} is not one of {", ".join(DTYPES)}')
   need(config.num_devices >= 0, f'num_devices={config.num_devices} is negative (0: all)')
   need(config.checkpoint_every_epochs > 0,
        f'checkpoint_every_epochs={config.checkpoint_every_epochs} must be positive')

@@ -28,15 +28,19 @@ IMPLS = ('auto', 'xla', 'patches', 'native')
 _CHUNK_ROWS = 50_000
 
 
-def resolve_impl(impl: str, platform: str | None = None) -> str:
+def resolve_impl(impl: str, platform: str | None = None, dtype=jnp.float32) -> str:
   """'auto' -> 'native' on CPU where `native_conv.available()`, else 'xla'.
 
-  Other names are returned as given ('native' raises if the kernels cannot be built).
+  Other names are returned as given ('native' raises if the kernels cannot be built). The
+  native kernels compute in float32: for another `dtype` (bfloat16), 'auto' and 'native'
+  give 'xla'.
   Measured on 2 CPU cores (see the README's benchmark tables): whole epochs with
   'native' beat 'xla', which beats 'patches'. On GPU, XLA's convolution calls cuDNN.
   """
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv implementation {impl!r}: expected one of {IMPLS}.')
+  if impl in ('auto', 'native') and jnp.dtype(dtype) != jnp.float32:
+    return 'xla'
   platform = platform or jax.default_backend()
   if impl == 'native' and platform != 'cpu':
     raise ValueError(f'conv_impl="native" runs on CPU only, not on {platform!r}')
@@ -48,7 +52,7 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
   return 'native' if platform == 'cpu' and native_conv.available() else 'xla'
 
 
-def loop_unroll(impl: str, platform: str | None = None) -> int | bool:
+def loop_unroll(impl: str, platform: str | None = None, dtype=jnp.float32) -> int | bool:
   """How `train.train_epoch` and `train.evaluate` unroll their loops for conv `impl`.
 
   True (fully unrolled, no XLA `while`) for XLA's convolution on CPU, where a convolution
@@ -57,7 +61,7 @@ def loop_unroll(impl: str, platform: str | None = None) -> int | bool:
   kernels included.
   """
   platform = platform or jax.default_backend()
-  return True if platform == 'cpu' and resolve_impl(impl, platform) == 'xla' else 1
+  return True if platform == 'cpu' and resolve_impl(impl, platform, dtype) == 'xla' else 1
 
 
 def conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -101,13 +105,15 @@ class Conv2D(nn.Module):
   impl: str = 'auto'
   kernel_init: nn.initializers.Initializer = nn.initializers.glorot_uniform()
   pool: bool = False
+  dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    impl = resolve_impl(self.impl)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    impl = resolve_impl(self.impl, dtype=self.dtype)
     if impl == 'native' and self.pool and native_conv.supports_pool(x.shape, kernel.shape):
       return native_conv.conv_pool(x, kernel, bias, native_conv.WINOGRAD)
     if impl == 'native' and native_conv.supports(x.shape, kernel.shape):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from charjax import conv
 from charjax import dropout
@@ -28,13 +30,15 @@ class SubsetCNN(nn.Module):
   conv_dropout: float = 0.25
   dense_dropout: float = 0.8
   conv_impl: str = 'auto'
+  dtype: Any = jnp.float32  # activations and products; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = x.astype(self.dtype)
     for i, features in enumerate(self.conv_features):
       last = i == len(self.conv_features) - 1
       x = conv.Conv2D(features, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT,
-                      pool=last)(x)
+                      pool=last, dtype=self.dtype)(x)
       if not last:
         x = nn.relu(x)
     # relu(max_pool(x)) == max_pool(relu(x)) (ReLU is monotone); pooling first quarters
@@ -42,9 +46,9 @@ class SubsetCNN(nn.Module):
     x = nn.relu(x)
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
+    x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT, dtype=self.dtype)(x))
     x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)
+    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, dtype=self.dtype)(x)
 
 
 class AllClassesCNN(nn.Module):
@@ -68,25 +72,30 @@ class AllClassesCNN(nn.Module):
   conv_impl: str = 'auto'
   bottleneck_features: int = 0
   bottleneck_activation: str = 'relu'
+  dtype: Any = jnp.float32  # activations and products; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, features: bool = False) -> jax.Array:
     first, second, third = self.conv_features
-    x = nn.relu(conv.Conv2D(first, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
+    conv2d = functools.partial(conv.Conv2D, kernel_size=(3, 3), impl=self.conv_impl,
+                               kernel_init=_KERNEL_INIT, dtype=self.dtype)
+    dense = functools.partial(nn.Dense, kernel_init=_KERNEL_INIT, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    x = nn.relu(conv2d(first)(x))
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
-    x = conv.Conv2D(second, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT, pool=True)(x)
+    x = conv2d(second, pool=True)(x)
     x = nn.relu(x)  # after the pooling: == max_pool(relu(x)), a quarter of the ReLU's work
-    x = nn.relu(conv.Conv2D(third, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT)(x))
+    x = nn.relu(conv2d(third)(x))
     x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for i in range(2):
-      x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT)(x))
+      x = nn.relu(dense(self.dense_features)(x))
       if features and i == 1 and not self.bottleneck_features:
         return x
       x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
     if self.bottleneck_features:
       activation = BOTTLENECK_ACTIVATIONS[self.bottleneck_activation]
-      x = activation(nn.Dense(self.bottleneck_features, kernel_init=_KERNEL_INIT)(x))
+      x = activation(dense(self.bottleneck_features)(x))
       if features:
         return x
-    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(x)
+    return dense(self.num_classes)(x)

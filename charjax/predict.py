@@ -27,6 +27,7 @@ import sys
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -150,7 +151,7 @@ def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
     return Classifier(config.image_size, list(meta['class_names']), svc_scores)
   config, model, state, names = runs.restore_best(workdir)
   probabilities = jax.jit(lambda params, x: jax.nn.softmax(
-      model.apply({'params': params}, x, train=False), axis=-1))
+      model.apply({'params': params}, x, train=False).astype(jnp.float32), axis=-1))
   return Classifier(config.image_size, names,
                     lambda images: np.asarray(probabilities(state.params, images)))
 

@@ -39,7 +39,8 @@ STUDY_GAMMA = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 @functools.partial(jax.jit, static_argnums=0)
 def _features(model, params, images):
-  return model.apply({'params': params}, images, train=False, features=True)
+  return model.apply({'params': params}, images, train=False,
+                     features=True).astype(jnp.float32)
 
 
 def extract_features(model, params, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -90,7 +91,8 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
            for name, images in data.images.items()}
   test_sums = train.evaluate(state, data.images['test'], data.labels['test'],
                              batch_size=min(config.eval_batch_size, len(data.labels['test'])),
-                             unroll=conv.loop_unroll(config.conv_impl))
+                             unroll=conv.loop_unroll(config.conv_impl,
+                                                    dtype=config.dtype))
   cnn_test_predictions = np.asarray(test_sums['predictions'])
   results = {'cnn_workdir': str(cnn_workdir), 'feature_dim': int(feats['test'].shape[1]),
              'grid': {'C': list(C), 'gamma': list(gamma)}, 'folds': folds, 'subsets': {}}

@@ -61,7 +61,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
            if config.bottleneck_features else {})
   return model_cls(num_classes=num_classes, conv_features=tuple(config.conv_features),
                    dense_features=config.dense_features, conv_dropout=config.conv_dropout,
-                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl, **extra)
+                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl,
+                   dtype=jnp.dtype(config.dtype), **extra)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
@@ -85,6 +86,7 @@ def check_model(config: ml_collections.ConfigDict, model) -> None:
 
 
 def _batch_metrics(logits, labels, mask):
+  logits = logits.astype(jnp.float32)  # the loss in float32 whatever the model computes in
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (jnp.argmax(logits, -1) == labels) & mask
   return {'loss': jnp.sum(ce * mask), 'correct': jnp.sum(correct), 'count': jnp.sum(mask)}
@@ -341,7 +343,7 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
   state = jax.device_put(create_train_state(config, model, init_rng, config.image_size), whole)
   eval_bs = {k: -(-min(config.eval_batch_size, n) // mesh.size) * mesh.size
              for k, n in split_sizes.items()}
-  unroll = conv.loop_unroll(config.conv_impl)
+  unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
   augmentation = augment.from_config(config)
   steps_per_epoch = -(-split_sizes['train'] // config.batch_size)
 

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.bottleneck_activation = 'relu'  # its activation: 'relu' or 'softplus'
   # 'auto' ('native' on CPU where it builds, else 'xla'), 'xla', 'patches' or 'native'.
   config.conv_impl = 'auto'          # see charjax.conv
+  # 'float32' (the study's) or 'bfloat16': activations and products in bfloat16, parameters,
+  # optimizer state and loss in float32 (for GPUs and TPUs; on CPU it uses XLA's convolution).
+  config.dtype = 'float32'
   # Optimisation.
   config.learning_rate = 5e-4
   config.rmsprop_rho = 0.9
