@@ -19,6 +19,7 @@ from charjax import conv
 from charjax import models
 from charjax import native_conv
 from charjax import optim
+from charjax import sharding
 from charjax import train
 
 IMAGE_SIZE = 36
@@ -35,10 +36,10 @@ MODELS = {
 }
 
 
-def make_model(name: str, conv_impl: str = 'auto'):
+def make_model(name: str, conv_impl: str = 'auto', dtype=jnp.float32):
   """The Flax module of benchmark model `name` ('exp2' or 'exp3')."""
   cls, classes, _ = MODELS[name]
-  return cls(num_classes=classes, conv_impl=conv_impl)
+  return cls(num_classes=classes, conv_impl=conv_impl, dtype=dtype)
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -92,9 +93,9 @@ def compile_and_flops(fn, *args):
   return compiled, seconds, float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def matmul_call(size: int):
-  """(no-argument callable, FLOPs per call): a jitted float32 (size x size) @ (size x size)."""
-  a = jax.random.normal(jax.random.key(0), (size, size))
+def matmul_call(size: int, dtype=jnp.float32):
+  """(no-argument callable, FLOPs per call): a jitted (size x size) @ (size x size)."""
+  a = jax.random.normal(jax.random.key(0), (size, size)).astype(dtype)
   compiled, _, _ = compile_and_flops(lambda a, b: a @ b, a, a)
   return (lambda: compiled(a, a)), 2 * size ** 3
 
@@ -153,14 +154,17 @@ def model_flops(name: str, batch: int) -> dict[str, float]:
           for fn in ('forward', 'gradients', 'train_step')}
 
 
-def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
+def model_functions(name: str, batch: int, conv_impl: str = 'auto', dtype=jnp.float32,
+                    mesh=None):
   """The functions timed for model `name`: {name: (function, example arguments, images)}.
 
   'forward', 'gradients' and 'train_step' process one batch; 'epoch' is charjax's training
   loop (`train.train_epoch`: on-device shuffle and `EPOCH_STEPS` train steps, compiled as
-  one function, unrolled as `conv.loop_unroll` says).
+  one function, unrolled as `conv.loop_unroll` says). With a `mesh` (call them inside
+  `jax.set_mesh(mesh)`), batches are split over its `data` axis and everything else is
+  replicated, as `charjax.train` does.
   """
-  model = make_model(name, conv_impl)
+  model = make_model(name, conv_impl, dtype)
   _, classes, learning_rate = MODELS[name]
   rng = jax.random.key(0)
   x = jax.random.uniform(rng, (batch * EPOCH_STEPS, IMAGE_SIZE, IMAGE_SIZE, 1))
@@ -180,7 +184,11 @@ def model_functions(name: str, batch: int, conv_impl: str = 'auto'):
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return jax.grad(loss)(params)
 
-  unroll = conv.loop_unroll(conv_impl)
+  unroll = conv.loop_unroll(conv_impl, dtype=dtype)
+  if mesh is not None:
+    whole = sharding.replicated(mesh)
+    params, state, epoch_x, epoch_y = jax.device_put((params, state, epoch_x, epoch_y), whole)
+    x, y, mask = (jax.device_put(a, sharding.batch_sharded(mesh, a.ndim)) for a in (x, y, mask))
 
   def epoch(state, x, y):
     return train.train_epoch(state, x, y, rng, 1, batch_size=batch, unroll=unroll)

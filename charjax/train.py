@@ -177,7 +177,7 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
                                      augmentation)
     return train_step(state, batch, labels[idx], mask, dropout_rng)
 
-  index = order[:full * batch_size].reshape(full, -1)
+  index = order[:full * batch_size].reshape(full, batch_size)
   state, metrics = jax.lax.scan(step, state, (index, jnp.ones(index.shape, bool)),
                                 unroll=unroll)
   if rest:

@@ -186,3 +186,29 @@ def test_fraction_of_matmul_is_the_median_of_per_round_ratios():
   from benchmarks import timing
   # Rounds: (10 / 1) / (20 / 0.5) = 0.25, (10 / 2) / (20 / 0.5) = 0.125, (10 / 1) / (20 / 1) = 0.5
   assert timing.fraction_of_matmul([1, 2, 1], [0.5, 0.5, 1], 10, 20) == 0.25
+
+
+@pytest.mark.slow  # two CPU devices, two dtypes, both end-to-end trainings: a few minutes
+def test_accelerators_benchmark_writes_json_and_table_on_cpu(nhcd_zip_dir, tmp_path):
+  out, table = tmp_path / 'accel.json', tmp_path / 'accel.md'
+  env = dict(__import__('os').environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             CHARJAX_TFDS_DIR=str(tmp_path / 'tfds'))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.accelerators', '--models=exp2', '--batch_sizes=4',
+       '--repeats=1', '--pause=0', '--matmul_size=64', '--fns=forward,train_step,epoch',
+       '--end_to_end', '--end_to_end_epochs=1,1', f'--data_dir={nhcd_zip_dir}',
+       f'--out={out}', f'--table={table}'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['device_count'] == 2 and result['jax_version']
+  rows = result['rows']
+  assert {(r['dtype'], r['devices'], r['function']) for r in rows} == {
+      (d, n, f) for d in ('float32', 'bfloat16') for n in (1, 2)
+      for f in ('forward', 'train_step', 'epoch')}
+  assert all(r['images_per_s'] > 0 and r['tflops'] > 0 and r['compile_s'] > 0 for r in rows)
+  assert all(r['scaling_efficiency'] == pytest.approx(1.0) for r in rows if r['devices'] == 1)
+  assert [e['run'] for e in result['end_to_end']] == ['exp2 consonants', 'exp3 all classes']
+  assert all(e['seconds'] > 0 and e['devices'] == 2 for e in result['end_to_end'])
+  text = table.read_text()
+  assert '| exp2 | bfloat16 | 4 | 2 | epoch |' in text and 'exp3 all classes' in text
