@@ -13,9 +13,11 @@ Ctrl-C saves it first and exits with 128 + the signal's number; `--restart` star
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging as std_logging
+import os
 import pathlib
 import signal
 import sys
@@ -39,6 +41,7 @@ from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
 from charjax import conv
+from charjax import distributed
 from charjax import input_pipeline
 from charjax import models
 from charjax import optim
@@ -295,11 +298,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = make_mesh(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with rundir.RunLock(workdir):
+  # One writer: in a multi-process run, process 0 holds the lock and writes the files;
+  # every process reads and checks the same ones.
+  writer = distributed.is_writer()
+  with rundir.RunLock(workdir) if writer else contextlib.nullcontext():
     if not (workdir / 'config.json').exists():
       rundir.check_workdir(workdir)  # empty, or another tool's files: refused
     elif restart:
-      rundir.clear_run(workdir)
+      if writer:
+        rundir.clear_run(workdir)
     else:
       rundir.check_same_config(workdir, config)
     with jax.set_mesh(mesh):
@@ -329,9 +336,11 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
   rundir.check_data(workdir, record)
   splits = splits_lib.named(data.indices, examples.file_names)
   rundir.check_splits(workdir, splits)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  splits_lib.save(workdir / 'splits.json', data.indices, examples.file_names)
-  rundir.bind_data(workdir, record)
+  writer = distributed.is_writer()
+  if writer:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    splits_lib.save(workdir / 'splits.json', data.indices, examples.file_names)
+    rundir.bind_data(workdir, record)
   split_sizes = {name: int(len(y)) for name, y in data.labels.items()}
   logging.info('%s/%s split sizes: %s', config.dataset, config.subset, split_sizes)
 
@@ -340,7 +349,9 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
   images = {k: jax.device_put(v, whole) for k, v in data.images.items()}
   labels = {k: jax.device_put(v, whole) for k, v in data.labels.items()}
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.device_put(create_train_state(config, model, init_rng, config.image_size), whole)
+  state = create_train_state(config, model, init_rng, config.image_size)
+  state = jax.device_put(state.replace(**distributed.to_host(
+      {'step': state.step, 'params': state.params, 'opt_state': state.opt_state})), whole)
   eval_bs = {k: -(-min(config.eval_batch_size, n) // mesh.size) * mesh.size
              for k, n in split_sizes.items()}
   unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
@@ -358,7 +369,8 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
     best_records = [r for r in records if r['best']]
     best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
     best_epoch = best_records[-1]['epoch'] if best_records else 0
-    with open(workdir / 'metrics.jsonl', 'w') as metrics_file, _StopSignals() as stop:
+    with open(workdir / 'metrics.jsonl' if writer else os.devnull, 'w') as metrics_file, \
+         _StopSignals() as stop:
       for record in records:
         metrics_file.write(json.dumps(record) + '\n')
       metrics_file.flush()
@@ -367,7 +379,7 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
         state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
                                         epoch, batch_size=config.batch_size, unroll=unroll,
                                         augmentation=augmentation)
-        train_sums = jax.device_get(train_sums)
+        train_sums = distributed.to_host(train_sums)
         bad_step = int(train_sums.pop('first_bad_step'))
         if bad_step != _NO_BAD_STEP:
           raise TrainingDiverged(
@@ -377,8 +389,9 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
               f'are kept in {workdir / "checkpoints"}. Try a lower learning_rate.')
         train = _summarise(train_sums)
         seconds = time.perf_counter() - tick
-        val = _summarise(evaluate(state, images['validation'], labels['validation'],
-                                  batch_size=eval_bs['validation'], unroll=unroll))
+        val = _summarise(distributed.to_host(evaluate(
+            state, images['validation'], labels['validation'],
+            batch_size=eval_bs['validation'], unroll=unroll)))
         improved = val['loss'] < best_val_loss
         if improved:
           best_val_loss, best_epoch = val['loss'], epoch
@@ -408,8 +421,9 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
     state = checkpointing.restore(best, state, best_epoch)
     test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
                     unroll=unroll)
-    predictions = np.asarray(test.pop('predictions'))
-    test = _summarise(jax.device_get(test))
+    test = distributed.to_host(test)
+    predictions = test.pop('predictions')
+    test = _summarise(test)
     confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     throughput = [r['images_per_s'] for r in records]
@@ -425,7 +439,8 @@ def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: 
         'resumed_from_epoch': done,
         'wall_clock_s': time.time() - start, 'device': _device_info(mesh),
     }
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    if writer:
+      (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
     logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],
                  best_epoch, workdir / 'results.json')
     return results
@@ -441,6 +456,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(quiet_library_logs)
+  distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                         flags.FLAGS.process_id, auto=flags.FLAGS.distributed)
   try:
     cli.exit_on_error(train_and_evaluate, flags.FLAGS.config, flags.FLAGS.workdir,
                       restart=flags.FLAGS.restart, errors=(TrainingDiverged,))
@@ -457,5 +474,11 @@ if __name__ == '__main__':
   flags.DEFINE_bool('restart', False, 'Delete the run in --workdir (only the files charjax '
                     'wrote) and start over (by default a run of the same config resumes, '
                     'another is refused).')
+  flags.DEFINE_integer('num_processes', 0, 'Processes (hosts) of a multi-process run.')
+  flags.DEFINE_integer('process_id', -1, "This process's index (0 writes the run's files).")
+  flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for '
+                      '--num_processes > 1.')
+  flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the '
+                    "cluster's environment (JAX detects Slurm and others).")
   flags.mark_flags_as_required(['config', 'workdir'])
   cli.run(main)

@@ -127,3 +127,42 @@ def test_a_run_resumes_on_another_number_of_devices(multi_device, path):
   assert run['stopped_after'] == 2 and run['resumed_from'] == 2
   assert run['mesh'] == int(path[-1])
   _close(run, multi_device['run1'])
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_equal_one_process_of_four(prepared_dirs, tmp_path):
+  """Multi-host on one machine: 2 processes x 2 CPU devices (gloo), against 1 x 4."""
+  from tests.test_resilience import _cli_args
+  from tests.test_train import tiny_config
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs = 3
+  env2 = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env4 = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cli_args(config, tmp_path / 'two') + ['--num_processes=2', f'--process_id={i}',
+                                             f'--coordinator_address=127.0.0.1:{port}'],
+      cwd=REPO, env=env2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  one = subprocess.run(_cli_args(config, tmp_path / 'one'), cwd=REPO, env=env4,
+                       capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  results = {k: json.loads((tmp_path / k / 'results.json').read_text()) for k in ('one', 'two')}
+  assert results['two']['device']['process_count'] == 2
+  assert results['one']['device']['process_count'] == 1
+  assert results['one']['device']['mesh_devices'] == results['two']['device']['mesh_devices'] == 4
+  curves = {k: np.array([[r['train_loss'], r['val_loss']] for r in map(
+      json.loads, (tmp_path / k / 'metrics.jsonl').read_text().splitlines())])
+            for k in ('one', 'two')}
+  np.testing.assert_allclose(curves['two'], curves['one'], rtol=RTOL)
+  np.testing.assert_allclose(results['two']['test_loss'], results['one']['test_loss'], rtol=RTOL)
+  assert len(curves['two']) == 3  # process 0 alone wrote the metrics: one line per epoch
