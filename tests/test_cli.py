@@ -26,7 +26,7 @@ slow = pytest.mark.slow  # each case is a process of its own: the rest run with 
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--config.bogus=1'], 'unknown config field bogus'),
+    pytest.param(['--config.bogus=1'], 'unknown config field bogus', marks=slow),
     pytest.param(['--config.model=Bogus'], "model='Bogus' is not one of", marks=slow),
     pytest.param(['--config.num_epochs=abc'], 'flag --config.num_epochs=abc', marks=slow),
     (['--config.conv_features=(8,16)', '--config.conv_features=(8,16)'],

@@ -122,13 +122,9 @@ def test_checkpoint_with_nan_parameters_is_refused(run_dir, tmp_path):
     checkpointing.save(mngr, epoch, bad)
   with pytest.raises(checkpointing.CheckpointError, match='NaN or infinite'):
     predict.load_classifier(str(damaged), None)
-  Image.fromarray(_glyph()).save(tmp_path / 'one.png')
-  proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={damaged}',
-                         str(tmp_path / 'one.png')], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1 and 'charjax: cannot load the classifier' in proc.stderr
-  assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow  # a process per case; predict(top_k=0) is refused in the fast suite
 @pytest.mark.parametrize('args,message', [
     (['--top_k=0'], '--top_k must be at least 1'),
     pytest.param(['--top_k=-2'], '--top_k must be at least 1', marks=pytest.mark.slow),
@@ -218,7 +214,7 @@ def svc_run(nhcd_zip_dir, tmp_path_factory):
   config = all_classes.get_config()
   config.data_dir = str(nhcd_zip_dir)
   config.tfds_dir = str(tmp_path_factory.mktemp('tfds_all'))
-  config.image_size, config.conv_features, config.dense_features = 16, (4, 4, 4), 8
+  config.image_size, config.conv_features, config.dense_features = 16, (16, 16, 16), 8
   config.batch_size, config.eval_batch_size, config.num_epochs = 64, 100, 1
   cnn = tmp_path_factory.mktemp('svc_run') / 'cnn'
   train.train_and_evaluate(config, str(cnn))

@@ -47,6 +47,7 @@ def _probe(mode, env_extra=None):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two processes importing everything
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc, /proc')
 def test_importing_charjax_leaves_xla_flags_and_malloc_untouched():
   plain = _probe('import')

@@ -263,6 +263,7 @@ def test_a_run_saved_before_later_fields_existed_still_loads(reference, tmp_path
   assert int(state.step) > 0
 
 
+@pytest.mark.slow  # a process of its own; predict's damaged-checkpoint test is in the fast suite
 def test_resuming_from_a_damaged_checkpoint_is_one_clear_line(reference, tmp_path):
   from tests.test_predict import _damage
   config, workdir = reference

@@ -140,7 +140,7 @@ def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
   proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path / 'run'),
                  f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
                  '--config.num_epochs=1', '--config.image_size=16', '--config.batch_size=32',
-                 '--config.conv_features=(4, 8)', '--config.dense_features=8')
+                 '--config.conv_features=(16, 32)', '--config.dense_features=8')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'epoch 1/1  loss' in proc.stderr and 'img/s' in proc.stderr
   assert 'checkpoint_manager' not in proc.stderr  # library chatter kept out of the progress
