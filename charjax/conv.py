@@ -34,7 +34,7 @@ def resolve_impl(impl: str, platform: str | None = None, dtype=jnp.float32) -> s
   Other names are returned as given ('native' raises if the kernels cannot be built). The
   native kernels compute in float32: for another `dtype` (bfloat16), 'auto' and 'native'
   give 'xla'.
-  Measured on 2 CPU cores (see the README's benchmark tables): whole epochs with
+  Measured on 2 CPU cores (see docs/benchmarks.md): whole epochs with
   'native' beat 'xla', which beats 'patches'. On GPU, XLA's convolution calls cuDNN.
   """
   if impl not in IMPLS:
