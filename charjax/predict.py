@@ -64,8 +64,7 @@ def load_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                        f'{max_pixels} pixels (--max_pixels)')
     image = ImageOps.exif_transpose(image)
     image.load()
-  transparent = image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info
-  for ground in ((255, 0) if transparent else (255,)):
+  for ground in ((255, 0) if preprocess.has_transparency(image) else (255,)):
     grey = preprocess.grey_levels(image, ground=ground)
     if grey.ndim != 2 or min(grey.shape) < 2:
       raise ValueError(f'image of shape {grey.shape} is too small')

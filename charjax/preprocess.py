@@ -32,6 +32,11 @@ def _integer_range(values: np.ndarray) -> float:
   return float(2 ** bits - 1)
 
 
+def has_transparency(image: Image.Image) -> bool:
+  """Whether `image` has an alpha channel or a transparent colour."""
+  return image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info
+
+
 def grey_levels(image: Image.Image, ground: int = 255) -> np.ndarray:
   """float32 (H, W) grey levels on the 0..255 scale from a Pillow image of any mode.
 
@@ -43,7 +48,7 @@ def grey_levels(image: Image.Image, ground: int = 255) -> np.ndarray:
     anything else is scaled from its own minimum and maximum. NaN counts as 0.
   - Transparent pixels are laid on `ground` (255: white paper; 0: black).
   """
-  if image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info:
+  if has_transparency(image):
     rgba = image.convert('RGBA')
     flat = Image.alpha_composite(Image.new('RGBA', rgba.size, (ground,) * 3 + (255,)), rgba)
     return np.asarray(flat.convert('L'), np.float32)
