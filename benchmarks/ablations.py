@@ -37,10 +37,10 @@ import jax
 from benchmarks import timing
 from benchmarks import winograd
 from charjax import cli
-from charjax import conv
-from charjax import dropout
-from charjax import native_conv
-from charjax import pooling
+from charjax.nn import conv
+from charjax.nn import dropout
+from charjax.nn import native_conv
+from charjax.nn import pooling
 
 _MODEL = flags.DEFINE_enum('model', 'exp2', list(timing.MODELS), 'Network timed.')
 _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
@@ -123,4 +123,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do
+  cli.run(main)  # applies charjax.runtime.cpu_settings on CPU, as charjax's commands do

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from benchmarks import timing
 from charjax import cli
-from charjax import sharding
+from charjax.runtime import sharding
 
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['800', '8192'], 'Global batch sizes.')
@@ -97,12 +97,12 @@ def add_scaling(rows: list[dict]) -> None:
 
 def end_to_end(epochs: list[int]) -> list[dict]:
   """Wall-clock of exp 2 (consonants) and exp 3 (58 classes) trainings with validation."""
-  from charjax import augment
-  from charjax import conv
-  from charjax import input_pipeline
+  from charjax.data import augment
+  from charjax.nn import conv
+  from charjax.data import input_pipeline
   from charjax import train
-  from configs import all_classes
-  from configs import consonants
+  from charjax.configs import all_classes
+  from charjax.configs import consonants
   out = []
   for get_config, name, n_epochs in ((consonants.get_config, 'exp2 consonants', epochs[0]),
                                      (all_classes.get_config, 'exp3 all classes', epochs[1])):

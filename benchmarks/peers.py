@@ -215,4 +215,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do
+  cli.run(main)  # applies charjax.runtime.cpu_settings on CPU, as charjax's commands do

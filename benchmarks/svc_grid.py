@@ -25,10 +25,10 @@ from sklearn import model_selection
 from sklearn import svm
 
 from charjax import cli
-from charjax import input_pipeline
+from charjax.data import input_pipeline
 from charjax import runs
-from charjax import specialise
-from charjax import svc
+from charjax.study import specialise
+from charjax.study import svc
 
 _CNN_WORKDIR = flags.DEFINE_string('cnn_workdir', None, 'A trained 58-class run.')
 _SUBSETS = flags.DEFINE_list('subsets', ['numerals', 'vowels', 'consonants'], 'Subsets.')
@@ -93,4 +93,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['cnn_workdir'])
-  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do
+  cli.run(main)  # applies charjax.runtime.cpu_settings on CPU, as charjax's commands do

@@ -5,7 +5,7 @@ Trains with charjax's compiled epoch (the same `train_epoch` / `evaluate` as
 it first reaches `--target` (the study's 85.9% for experiment 2 on the consonants). Also
 reports the test accuracy of the best-validation-loss epoch, the study's rule.
 
-  python -m benchmarks.time_to_accuracy --config configs/consonants.py --target=0.859 \
+  python -m benchmarks.time_to_accuracy --config charjax/configs/consonants.py --target=0.859 \
       --out=runs/bench/time_to_accuracy.json
 """
 
@@ -21,11 +21,11 @@ from ml_collections import config_flags
 from benchmarks import timing
 from charjax import cli
 from charjax import configuration
-from charjax import conv
-from charjax import input_pipeline
+from charjax.nn import conv
+from charjax.data import input_pipeline
 from charjax import train
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/consonants.py', 'Experiment config.',
+_CONFIG = config_flags.DEFINE_config_file('config', 'charjax/configs/consonants.py', 'Experiment config.',
                                           lock_config=True)
 _TARGET = flags.DEFINE_float('target', 0.859, 'Test accuracy to reach.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do
+  cli.run(main)  # applies charjax.runtime.cpu_settings on CPU, as charjax's commands do

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charjax import conv
-from charjax import models
-from charjax import native_conv
+from charjax.nn import conv
+from charjax.nn import models
+from charjax.nn import native_conv
 from charjax import optim
-from charjax import sharding
+from charjax.runtime import sharding
 from charjax import train
 
 IMAGE_SIZE = 36

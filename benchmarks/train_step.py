@@ -29,7 +29,7 @@ from charjax import cli
 _MODELS = flags.DEFINE_list('models', ['exp2', 'exp3'], 'Models: exp2 and/or exp3.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '128', '400', '800'], 'Batch sizes.')
 _IMPLS = flags.DEFINE_list('conv_impls', ['xla', 'native', 'patches'],
-                           'Convolution implementations (see charjax.conv).')
+                           'Convolution implementations (see charjax.nn.conv).')
 _FNS = flags.DEFINE_list('fns', ['forward', 'gradients', 'train_step', 'epoch'],
                         'What to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement (median taken).')
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)  # applies charjax.cpu_settings on CPU, as charjax's commands do
+  cli.run(main)  # applies charjax.runtime.cpu_settings on CPU, as charjax's commands do

@@ -1,7 +1,7 @@
 """charjax: handwritten Devanagari character classification in JAX/Flax.
 
 Importing charjax changes nothing in the process: the CPU settings its commands use are
-applied by `charjax.cpu_settings.apply()` (called by every `python -m charjax.*` entry point).
+applied by `charjax.runtime.cpu_settings.apply()` (called by every `python -m charjax.*` entry point).
 """
 
 __version__ = '0.1.0'

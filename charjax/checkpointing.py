@@ -1,5 +1,12 @@
 """Orbax checkpoints of a run: the best-validation-loss state and the latest state.
 
+One `CheckpointManager` per run, in `<workdir>/checkpoints/<epoch>`, keeps both: its
+preservation policy holds the newest checkpoint and the newest one saved as an
+improvement (`improved_epoch` in its metrics), i.e. the epoch of lowest validation loss
+under the study's rule (a strictly lower loss replaces the best). Runs saved by charjax
+before this layout have `checkpoints/best` and `checkpoints/latest`; they still load for
+prediction and evaluation (`legacy_dir`).
+
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 run killed while saving leaves the previous checkpoint intact (the unfinished temporary
 folder is removed when the manager next opens the directory). Checkpoints are arrays and
@@ -16,29 +23,46 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written, or is damaged, or does not fit its model."""
 
 
-def manager(directory: pathlib.Path, *, read_only: bool = False) -> ocp.CheckpointManager:
-  """A synchronous manager that keeps one checkpoint (the newest saved) in `directory`.
+def _improved_epoch(metrics) -> float:
+  return float(metrics.get('improved_epoch', 0))
 
-  The writer (`read_only=False`, the training run holding the workdir's lock) creates the
-  folder and removes leftovers of its own killed saves. Readers (`read_only=True`: predict,
-  report, evaluate) change nothing on disk: they neither create folders nor delete the
-  temporary folders of a save that another process has in progress.
+
+def manager(directory: pathlib.Path, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """A synchronous manager of a run's checkpoints in `directory`.
+
+  The writer (`read_only=False`, the training run holding the workdir's lock) keeps the
+  newest checkpoint and the best one (see the module docstring), creates the folder and
+  removes leftovers of its own killed saves. Readers (`read_only=True`: predict, report,
+  evaluate) change nothing on disk: they neither create folders nor delete the temporary
+  folders of a save that another process has in progress.
   """
   directory = pathlib.Path(directory).absolute()
   if read_only and not directory.is_dir():
     raise CheckpointError(f'No checkpoint folder {directory}.')
+  keep = None if read_only else policies.AnyPreservationPolicy([
+      policies.LatestN(n=1),
+      policies.BestN(get_metric_fn=_improved_epoch, n=1,
+                     keep_checkpoints_without_metrics=False)])
   return ocp.CheckpointManager(
       directory, item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=None if read_only else 1, save_interval_steps=0 if read_only else 1,
+          preservation_policy=keep, save_interval_steps=0 if read_only else 1,
           create=not read_only, read_only=read_only, enable_async_checkpointing=False,
           cleanup_tmp_directories=not read_only))
+
+
+def legacy_dir(workdir: pathlib.Path, which: str) -> pathlib.Path | None:
+  """`<workdir>/checkpoints/<which>` ('best' or 'latest') of a run saved in the layout of
+  two managers, if it has one."""
+  path = pathlib.Path(workdir) / 'checkpoints' / which
+  return path if path.is_dir() else None
 
 
 def _messages(err: BaseException):

@@ -21,11 +21,12 @@ import sys
 from absl import app
 from absl import flags
 
-from charjax import archives
+from charjax.data import archives
 from charjax import checkpointing
+from charjax import configs
 from charjax import configuration
-from charjax import cpu_settings
-from charjax.datasets import sources
+from charjax.runtime import cpu_settings
+from charjax.data import sources
 
 
 def repeated_overrides(argv: list[str]) -> list[str]:
@@ -60,6 +61,29 @@ def _unknown_fields(argv: list[str]) -> list[str]:
   return sorted({n for n in names if n.split('.', 1)[0] not in configuration.FIELDS})
 
 
+def resolve_config_names(argv: list[str]) -> list[str]:
+  """`--config consonants[:variant]` -> the packaged file `charjax/configs/consonants.py`.
+
+  A value that is an existing file is kept; so is anything that names no packaged config
+  (then the file's absence is reported).
+  """
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    if arg == '--':
+      break
+    if arg.startswith('--config='):
+      prefix, value = '--config=', arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(out):
+      prefix, value, i = '', out[i + 1], i + 1
+    else:
+      continue
+    name, sep, variant = value.partition(':')
+    packaged = configs.path_of(name)
+    if packaged is not None and not pathlib.Path(name).is_file():
+      out[i] = f'{prefix}{packaged}{sep}{variant}'
+  return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every failure as a `charjax:` line and exit status 2.
 
@@ -67,9 +91,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   file that is missing or does not load, an unknown field or an unparsable value are
   named.
   """
+  argv = resolve_config_names(argv)
   config_file = _config_file(argv)
   if config_file is not None and not pathlib.Path(config_file.split(':', 1)[0]).is_file():
-    _exit(f'config file {config_file.split(":", 1)[0]} does not exist.', 2)
+    _exit(f'config file {config_file.split(":", 1)[0]} does not exist (the packaged configs: '
+          f'{", ".join(configs.names())}).', 2)
   repeated = repeated_overrides(argv)
   if repeated:
     _exit(f'--config.{repeated[0]} is given more than once; give each config field once.', 2)
@@ -82,6 +108,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if unknown:
       _exit(f'unknown config field {", ".join(unknown)}; the fields are: '
             f'{", ".join(sorted(configuration.FIELDS))}.', 2)
+    if isinstance(e, (KeyError, AttributeError)) and 'model.' in ' '.join(argv):
+      _exit(f'cannot load the config: {type(e).__name__}: {e} (config.model holds the '
+            "fields of the model's module; to set one the config does not list, add it to "
+            'the config file)', 2)
     _exit(f'cannot load the config: {type(e).__name__}: {e}', 2)
 
 

@@ -5,7 +5,7 @@
 
 Any image Pillow reads (PNG, JPEG, BMP, TIFF, GIF, WebP...), any size, colour mode and bit
 depth (1, 8, 12, 16 or 32 bits, float). Each image goes through the training
-preprocessing (`charjax.preprocess`: grey levels over the image's real range, ink made
+preprocessing (`charjax.data.preprocess`: grey levels over the image's real range, ink made
 bright, resized to the run's input size); its polarity (dark ink on light paper, or the
 reverse) is judged from its border. So an image of the dataset gets exactly the input
 training gave it. `--crop` first stretches the contrast and crops to the character with a
@@ -35,10 +35,10 @@ from PIL import ImageOps
 from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
-from charjax import preprocess
+from charjax.data import preprocess
 from charjax import runs
-from charjax import specialise
-from charjax import svc as svc_lib
+from charjax.study import specialise
+from charjax.study import svc as svc_lib
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
                   '.pgm', '.pbm')
@@ -137,9 +137,9 @@ def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
     arrays, meta = svc_lib.load(svc_path)
     workdir = workdir or meta['cnn_workdir']
     config, model, state, _ = runs.restore_best(workdir)
-    if config.model != 'AllClassesCNN':
+    if config.model.name != 'AllClassesCNN':
       raise runs.RunError(
-          f'{workdir} is a {config.model} run; an SVC classifies the features of the 58-class '
+          f'{workdir} is a {config.model.name} run; an SVC classifies the features of the 58-class '
           'network (model AllClassesCNN, experiment 3). Give --workdir that run (or none: '
           'the SVC names its own).')
     k = len(arrays['classes'])
@@ -239,7 +239,7 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A finished training run.')
-  flags.DEFINE_string('svc', None, 'An SVC saved by charjax.specialise (svc_<subset>.npz).')
+  flags.DEFINE_string('svc', None, 'An SVC saved by charjax.study.specialise (svc_<subset>.npz).')
   flags.DEFINE_integer('top_k', 3, 'Classes shown per image (at least 1).')
   flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
   flags.DEFINE_bool('crop', False, 'Stretch the contrast and crop to the character first '

@@ -10,6 +10,7 @@ import ml_collections
 
 from charjax import checkpointing
 from charjax import configuration
+from charjax import rundir
 from charjax import train
 
 
@@ -38,11 +39,12 @@ def load_results(workdir) -> dict:
 def restore_best(workdir):
   """(config, model, train state at the best-validation epoch, class names) of a run."""
   config = load_config(workdir)
-  class_names = load_results(workdir)['class_names']
+  results = load_results(workdir)
+  class_names = results['class_names']
   model = train.create_model(config, len(class_names))
   state = train.create_train_state(config, model, jax.random.key(0), config.image_size)
-  best = checkpointing.manager(pathlib.Path(workdir) / 'checkpoints' / 'best', read_only=True)
-  try:
-    return config, model, checkpointing.restore(best, state), class_names
-  finally:
-    best.close()
+  legacy = checkpointing.legacy_dir(workdir, 'best')  # runs saved with two managers
+  directory = legacy or pathlib.Path(workdir) / rundir.CHECKPOINTS
+  with checkpointing.manager(directory, read_only=True) as checkpoints:
+    epoch = None if legacy else results['best_epoch']
+    return config, model, checkpointing.restore(checkpoints, state, epoch), class_names

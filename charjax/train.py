@@ -2,26 +2,24 @@
 
 Command line (a thin absl main):
 
-  python -m charjax.train --config configs/consonants.py --workdir runs/consonants \
-      [--config.num_epochs=5 ...]
+  python -m charjax.train --config consonants --workdir runs/consonants \
+      [--config.num_epochs=5 --config.model.dense_features=128 ...]
 
-The workdir receives `config.json`, `splits.json`, `metrics.jsonl` (one line per epoch),
-`checkpoints/best` (lowest validation loss), `checkpoints/latest` and `results.json`.
-Rerunning the same command after a kill resumes from `checkpoints/latest`; SIGTERM or
-Ctrl-C saves it first and exits with 128 + the signal's number; `--restart` starts over.
+The workdir receives `config.json`, `splits.json`, `data.json`, `metrics.jsonl` (one line
+per epoch), `checkpoints/<epoch>` (the lowest-validation-loss epoch and the latest),
+TensorBoard events in `tensorboard/`, and `results.json`. Rerunning the same command after
+a kill resumes from the latest checkpoint; SIGTERM or Ctrl-C saves it first and exits with
+128 + the signal's number; `--restart` starts over. The workdir's bookkeeping lives in
+`charjax.rundir`, the display in `charjax.progress`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging as std_logging
-import os
 import pathlib
-import signal
 import sys
-import threading
 import time
 
 from absl import app
@@ -33,46 +31,44 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 import optax
 
-from charjax import augment
 from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
-from charjax import conv
-from charjax import distributed
-from charjax import input_pipeline
-from charjax import models
 from charjax import optim
+from charjax import progress as progress_lib
 from charjax import rundir
-from charjax import sharding
-from charjax import splits as splits_lib
+from charjax.data import augment
+from charjax.data import input_pipeline
+from charjax.data import splits as splits_lib
+from charjax.nn import conv
+from charjax.nn import models
+from charjax.runtime import distributed
+from charjax.runtime import sharding
+
+TrainingInterrupted = rundir.TrainingInterrupted
 
 
-MODELS = {'SubsetCNN': models.SubsetCNN, 'AllClassesCNN': models.AllClassesCNN}
+class TrainingDiverged(RuntimeError):
+  """The loss or a gradient became NaN or infinite."""
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The Flax module named by `config.model` (one of `MODELS`)."""
-  if config.model not in MODELS:
-    raise configuration.ConfigError(
-        f'model={config.model!r} is not one of {", ".join(MODELS)}.')
-  model_cls = MODELS[config.model]
-  extra = ({'bottleneck_features': config.bottleneck_features,
-            'bottleneck_activation': config.bottleneck_activation}
-           if config.bottleneck_features else {})
-  return model_cls(num_classes=num_classes, conv_features=tuple(config.conv_features),
-                   dense_features=config.dense_features, conv_dropout=config.conv_dropout,
-                   dense_dropout=config.dense_dropout, conv_impl=config.conv_impl,
-                   dtype=jnp.dtype(config.dtype), **extra)
+  """`Model(num_classes=..., **config.model)` (see `charjax.nn.models.create`)."""
+  try:
+    return models.create(config.model, num_classes=num_classes, conv_impl=config.conv_impl,
+                         dtype=jnp.dtype(config.dtype))
+  except models.ModelConfigError as e:
+    raise configuration.ConfigError(f'model: {e}') from None
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
-                       image_size: int) -> train_state.TrainState:
-  """Initialised parameters and Keras-style RMSprop state."""
+                       image_size: int, steps_per_epoch: int = 1) -> train_state.TrainState:
+  """Initialised parameters and the state of `config.optimizer`."""
   params = model.init(rng, jnp.zeros((1, image_size, image_size, 1)), train=False)['params']
-  tx = optim.keras_rmsprop(config.learning_rate, config.rmsprop_rho, config.rmsprop_epsilon)
+  tx = optim.create(config.optimizer, steps_per_epoch=steps_per_epoch,
+                    num_epochs=config.num_epochs)
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
@@ -83,8 +79,8 @@ def check_model(config: ml_collections.ConfigDict, model) -> None:
         (1, config.image_size, config.image_size, 1)), train=False))
   except Exception as e:  # any shape error: too small an image for the layers, ...
     raise configuration.ConfigError(
-        f'model={config.model} cannot be built for image_size={config.image_size} with '
-        f'conv_features={tuple(config.conv_features)}: {type(e).__name__}: '
+        f'model {config.model.name} cannot be built for image_size={config.image_size} with '
+        f'{dict(config.model)}: {type(e).__name__}: '
         f'{str(e).splitlines()[0][:200] if str(e) else ""}') from None
 
 
@@ -144,10 +140,11 @@ def _sum(metrics):
           for k, v in metrics.items()}
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation'),
+@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation', 'progress'),
                    donate_argnums=0)
 def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
-                unroll: int | bool = 1, augmentation: augment.Augmentation | None = None):
+                unroll: int | bool = 1, augmentation: augment.Augmentation | None = None,
+                progress: bool = False):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
   With an `augmentation`, each training batch is randomly rotated and zoomed on the device
@@ -163,6 +160,9 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
   draws (dropout masks, augmentation) are made for the whole batch with JAX's
   partitionable threefry, in which each element's bits depend only on its position, so
   they are the same on any number of devices and for a padded last batch.
+
+  With `progress`, each step reports its number to `charjax.progress.tick` (a host
+  callback that moves the terminal's progress bar); the computed values are the same.
   """
   shuffle_rng, dropout_rng, augment_rng = jax.random.split(rng, 3)
   order = jax.random.permutation(jax.random.fold_in(shuffle_rng, epoch), images.shape[0])
@@ -178,6 +178,8 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
     if augmentation is not None:
       batch = augment.random_augment(jax.random.fold_in(augment_rng, state.step), batch,
                                      augmentation)
+    if progress:
+      jax.debug.callback(progress_lib.tick, state.step)
     return train_step(state, batch, labels[idx], mask, dropout_rng)
 
   index = order[:full * batch_size].reshape(full, batch_size)
@@ -214,73 +216,18 @@ def _summarise(sums) -> dict[str, float]:
   return {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count}
 
 
-def _device_info(mesh) -> dict:
-  device = mesh.devices.flat[0]
-  return {'platform': device.platform, 'device_kind': device.device_kind,
-          'device_count': jax.device_count(), 'mesh_devices': int(mesh.size),
-          'process_count': jax.process_count(), 'jax_version': jax.__version__}
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-  """Counts [true, predicted]."""
-  return np.bincount(labels * num_classes + predictions,
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss or a gradient became NaN or infinite."""
-
-
-class TrainingInterrupted(RuntimeError):
-  """SIGTERM or Ctrl-C arrived: the latest checkpoint was saved and the run stopped."""
-
-  def __init__(self, message: str, signum: signal.Signals):
-    super().__init__(message)
-    self.signum = signum
-
-
-class _StopSignals:
-  """Within the block, SIGTERM and SIGINT set `requested` instead of killing the process."""
-
-  def __init__(self):
-    self.requested = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.requested is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
-    self.requested = signal.Signals(signum)
-    logging.warning('%s received: finishing this epoch, saving a checkpoint, then stopping '
-                    '(send it again to stop at once).', self.requested.name)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
-  if not path.exists():
-    return []
-  records = []
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:  # a line cut by a kill
-      break
-    if record['epoch'] <= upto:
-      records.append(record)
-  return records
+def _check_finite(train_sums, epoch: int, steps_per_epoch: int, workdir) -> None:
+  bad_step = int(train_sums.pop('first_bad_step'))
+  if bad_step != _NO_BAD_STEP:
+    raise TrainingDiverged(
+        f'The loss or a gradient became NaN or infinite in epoch {epoch}, at step '
+        f'{bad_step} of the run (batch {bad_step - (epoch - 1) * steps_per_epoch} of '
+        f'the epoch). The run stopped; its checkpoints of epoch {epoch - 1} and earlier '
+        f'are kept in {workdir / rundir.CHECKPOINTS}. Try a lower learning rate.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       restart: bool = False) -> dict:
+                       restart: bool = False, show_progress: bool | None = None) -> dict:
   """Trains `config`'s model, keeps the best-validation checkpoint, evaluates it on test.
 
   A workdir holding an unfinished run of the same config resumes from its latest
@@ -288,29 +235,93 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   one holding a run of another config is refused unless `restart`. SIGTERM and Ctrl-C
   stop after the current epoch with the latest state saved (`TrainingInterrupted`); a
   NaN or infinite loss or gradient stops the run (`TrainingDiverged`) with the
-  checkpoints of the last good epoch kept. Returns the dict written to `results.json`.
+  checkpoints of the last good epoch kept. `show_progress` (default: on a terminal) draws
+  a bar within each epoch. Returns the dict written to `results.json`.
   """
+  started = time.time()
   configuration.validate(config)
-  start = time.time()
-  num_classes = input_pipeline.num_classes(config.dataset, config.subset)
-  model = create_model(config, num_classes)
+  model = create_model(config, input_pipeline.num_classes(config.dataset, config.subset))
   check_model(config, model)
   mesh = make_mesh(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  # One writer: in a multi-process run, process 0 holds the lock and writes the files;
-  # every process reads and checks the same ones.
-  writer = distributed.is_writer()
-  with rundir.RunLock(workdir) if writer else contextlib.nullcontext():
-    if not (workdir / 'config.json').exists():
-      rundir.check_workdir(workdir)  # empty, or another tool's files: refused
-    elif restart:
-      if writer:
-        rundir.clear_run(workdir)
-    else:
-      rundir.check_same_config(workdir, config)
-    with jax.set_mesh(mesh):
-      return _train(config, workdir, model, num_classes, mesh, start)
+  show = progress_lib.interactive() if show_progress is None else show_progress
+  with rundir.open_run(workdir, config, restart=restart) as workdir, jax.set_mesh(mesh):
+    examples, data = input_pipeline.load_splits(config)
+    configuration.check_against_data(config, len(data.labels['train']))
+    rundir.bind_run(workdir, config, examples, data,
+                    splits_lib.named(data.indices, examples.file_names))
+    images, labels = (sharding.put_replicated(mesh, d) for d in (data.images, data.labels))
+    num_train, batch_size = len(data.labels['train']), config.batch_size
+    steps_per_epoch = -(-num_train // batch_size)
+    eval_bs = {k: _eval_batch_size(config, len(y), mesh) for k, y in data.labels.items()}
+    unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
+    augmentation = augment.from_config(config)
+    learning_rate = optim.schedule(config.optimizer, steps_per_epoch=steps_per_epoch,
+                                   num_epochs=config.num_epochs)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    state = sharding.put_replicated(mesh, create_train_state(
+        config, model, init_rng, config.image_size, steps_per_epoch))
+
+    with checkpointing.manager(workdir / rundir.CHECKPOINTS) as checkpoints:
+      done = checkpoints.latest_step() or 0
+      if done:
+        state = checkpointing.restore(checkpoints, state, done)
+        logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
+      with rundir.MetricsLog(workdir, done) as log, rundir.StopSignals(workdir) as stop, \
+           progress_lib.Summaries(workdir, done, enabled=distributed.is_writer()) as events:
+        for epoch in range(done + 1, config.num_epochs + 1):
+          tick = time.perf_counter()
+          with progress_lib.EpochBar(epoch, config.num_epochs, (epoch - 1) * steps_per_epoch,
+                                     steps_per_epoch) if show else contextlib.nullcontext():
+            state, train = train_epoch(state, images['train'], labels['train'], train_rng,
+                                       epoch, batch_size=batch_size, unroll=unroll,
+                                       augmentation=augmentation, progress=show)
+            train = distributed.to_host(train)
+          _check_finite(train, epoch, steps_per_epoch, workdir)
+          seconds = time.perf_counter() - tick
+          val = _summarise(distributed.to_host(evaluate(
+              state, images['validation'], labels['validation'],
+              batch_size=eval_bs['validation'], unroll=unroll)))
+          record = _epoch_record(epoch, _summarise(train), val, seconds, num_train,
+                                 float(learning_rate((epoch - 1) * steps_per_epoch)),
+                                 best=log.improves(val['loss']))
+          if record['best']:
+            checkpointing.save(checkpoints, epoch, state, _checkpoint_metrics(record))
+          log.append(record)  # before a save of the latest: a resume drops later lines
+          events.write(record)
+          stopping = stop.requested  # read once: a signal may land between the two uses
+          if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
+              or stopping):
+            checkpointing.save(checkpoints, epoch, state, _checkpoint_metrics(record))
+          logging.info(progress_lib.epoch_line(record, config.num_epochs))
+          stop.stop_if_requested(epoch, config.num_epochs, stopping)
+
+        state = checkpointing.restore(checkpoints, state, log.best_epoch)
+        test = distributed.to_host(evaluate(state, images['test'], labels['test'],
+                                            batch_size=eval_bs['test'], unroll=unroll))
+        predictions = test.pop('predictions')
+        results = rundir.results(config, log, _summarise(test), predictions, data,
+                                 resumed_from=done, started=started, mesh=mesh)
+    rundir.write_results(workdir, results)
+    logging.info('test accuracy %.2f%% (best epoch %d); results in %s',
+                 100 * results['test_accuracy'], log.best_epoch, workdir / 'results.json')
+    return results
+
+
+def _epoch_record(epoch, train, val, seconds, num_train, learning_rate, *, best) -> dict:
+  return {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
+          'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+          'epoch_seconds': seconds, 'images_per_s': num_train / seconds,
+          'learning_rate': learning_rate, 'best': best}
+
+
+def _checkpoint_metrics(record) -> dict:
+  """What the checkpoint manager keeps the best by (see `charjax.checkpointing`)."""
+  return {'val_loss': record['val_loss'], 'improved_epoch': record['epoch'] * record['best']}
+
+
+def _eval_batch_size(config, split_size: int, mesh) -> int:
+  """`config.eval_batch_size`, at most the split, rounded up to a multiple of the devices."""
+  return -(-min(config.eval_batch_size, split_size) // mesh.size) * mesh.size
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -327,125 +338,6 @@ def make_mesh(config) -> jax.sharding.Mesh:
   return mesh
 
 
-def _train(config, workdir: pathlib.Path, model, num_classes: int, mesh, start: float) -> dict:
-  """`train_and_evaluate` once the workdir is locked and known to fit this config."""
-  examples, data = input_pipeline.load_splits(config)
-  configuration.check_against_data(config, len(data.labels['train']))
-  record = rundir.fingerprint(examples.file_names, examples.labels, examples.images,
-                              data.indices)
-  rundir.check_data(workdir, record)
-  splits = splits_lib.named(data.indices, examples.file_names)
-  rundir.check_splits(workdir, splits)
-  writer = distributed.is_writer()
-  if writer:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    splits_lib.save(workdir / 'splits.json', data.indices, examples.file_names)
-    rundir.bind_data(workdir, record)
-  split_sizes = {name: int(len(y)) for name, y in data.labels.items()}
-  logging.info('%s/%s split sizes: %s', config.dataset, config.subset, split_sizes)
-
-  # Data, parameters and optimizer state on every device of the mesh; batches are split.
-  whole = sharding.replicated(mesh)
-  images = {k: jax.device_put(v, whole) for k, v in data.images.items()}
-  labels = {k: jax.device_put(v, whole) for k, v in data.labels.items()}
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(config, model, init_rng, config.image_size)
-  state = jax.device_put(state.replace(**distributed.to_host(
-      {'step': state.step, 'params': state.params, 'opt_state': state.opt_state})), whole)
-  eval_bs = {k: -(-min(config.eval_batch_size, n) // mesh.size) * mesh.size
-             for k, n in split_sizes.items()}
-  unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
-  augmentation = augment.from_config(config)
-  steps_per_epoch = -(-split_sizes['train'] // config.batch_size)
-
-  # Closed on the way out, so that no Orbax thread outlives the run.
-  with checkpointing.manager(workdir / 'checkpoints' / 'best') as best, \
-       checkpointing.manager(workdir / 'checkpoints' / 'latest') as latest:
-    done = latest.latest_step() or 0
-    if done:
-      state = checkpointing.restore(latest, state, done)
-      logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
-    records = _read_metrics(workdir / 'metrics.jsonl', done)
-    best_records = [r for r in records if r['best']]
-    best_val_loss = best_records[-1]['val_loss'] if best_records else float('inf')
-    best_epoch = best_records[-1]['epoch'] if best_records else 0
-    with open(workdir / 'metrics.jsonl' if writer else os.devnull, 'w') as metrics_file, \
-         _StopSignals() as stop:
-      for record in records:
-        metrics_file.write(json.dumps(record) + '\n')
-      metrics_file.flush()
-      for epoch in range(done + 1, config.num_epochs + 1):
-        tick = time.perf_counter()
-        state, train_sums = train_epoch(state, images['train'], labels['train'], train_rng,
-                                        epoch, batch_size=config.batch_size, unroll=unroll,
-                                        augmentation=augmentation)
-        train_sums = distributed.to_host(train_sums)
-        bad_step = int(train_sums.pop('first_bad_step'))
-        if bad_step != _NO_BAD_STEP:
-          raise TrainingDiverged(
-              f'The loss or a gradient became NaN or infinite in epoch {epoch}, at step '
-              f'{bad_step} of the run (batch {bad_step - (epoch - 1) * steps_per_epoch} of '
-              f'the epoch). The run stopped; its checkpoints of epoch {epoch - 1} and earlier '
-              f'are kept in {workdir / "checkpoints"}. Try a lower learning_rate.')
-        train = _summarise(train_sums)
-        seconds = time.perf_counter() - tick
-        val = _summarise(distributed.to_host(evaluate(
-            state, images['validation'], labels['validation'],
-            batch_size=eval_bs['validation'], unroll=unroll)))
-        improved = val['loss'] < best_val_loss
-        if improved:
-          best_val_loss, best_epoch = val['loss'], epoch
-          checkpointing.save(best, epoch, state, {'val_loss': val['loss']})
-        record = {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
-                  'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-                  'epoch_seconds': seconds, 'images_per_s': split_sizes['train'] / seconds,
-                  'best': improved}
-        records.append(record)
-        metrics_file.write(json.dumps(record) + '\n')
-        metrics_file.flush()
-        # After the metrics line: a resume drops lines past the latest checkpoint.
-        stopping = stop.requested  # read once: a signal may land between the two uses
-        if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
-            or stopping):
-          checkpointing.save(latest, epoch, state)
-        logging.info('epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  '
-                     '%.0f img/s%s', epoch, config.num_epochs, train['loss'], train['accuracy'],
-                     val['loss'], val['accuracy'], record['images_per_s'],
-                     '  *best*' if improved else '')
-        if stopping and epoch < config.num_epochs:
-          raise TrainingInterrupted(
-              f'{stopping.name}: stopped after epoch {epoch} with its checkpoint saved in '
-              f'{workdir / "checkpoints" / "latest"}; rerun the same command to resume.',
-              stopping)
-
-    state = checkpointing.restore(best, state, best_epoch)
-    test = evaluate(state, images['test'], labels['test'], batch_size=eval_bs['test'],
-                    unroll=unroll)
-    test = distributed.to_host(test)
-    predictions = test.pop('predictions')
-    test = _summarise(test)
-    confusion = confusion_matrix(data.labels['test'], predictions, num_classes)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    throughput = [r['images_per_s'] for r in records]
-    results = {
-        'dataset': config.dataset, 'subset': config.subset, 'model': config.model,
-        'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
-        'best_epoch': best_epoch, 'best_val_loss': best_val_loss, 'epochs_run': config.num_epochs,
-        'split_sizes': split_sizes, 'class_names': data.class_names,
-        'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
-        'confusion_matrix': confusion.tolist(),
-        'train_images_per_s': float(np.median(throughput[1:] or throughput)),
-        'train_seconds': float(sum(r['epoch_seconds'] for r in records)),
-        'resumed_from_epoch': done,
-        'wall_clock_s': time.time() - start, 'device': _device_info(mesh),
-    }
-    if writer:
-      (workdir / 'results.json').write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    logging.info('test accuracy %.4f (best epoch %d); results in %s', test['accuracy'],
-                 best_epoch, workdir / 'results.json')
-    return results
-
-
 def quiet_library_logs(record) -> bool:
   """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
   noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
@@ -455,7 +347,9 @@ def quiet_library_logs(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(quiet_library_logs)
+  handler = logging.get_absl_handler().python_handler
+  handler.addFilter(quiet_library_logs)
+  handler.setFormatter(progress_lib.PlainFormatter())  # no absl prefixes on the lines
   distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                          flags.FLAGS.process_id, auto=flags.FLAGS.distributed)
   try:
@@ -468,7 +362,8 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags are defined here, not at import, so that importing this library defines none.
-  config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/*.py).',
+  config_flags.DEFINE_config_file('config', None, 'Experiment config: a name in charjax/configs (consonants, all_classes, ...) '
+                                  'or a file, optionally :variant (e.g. consonants:quick).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
   flags.DEFINE_bool('restart', False, 'Delete the run in --workdir (only the files charjax '

@@ -17,14 +17,14 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # The tests run with the CPU settings charjax's commands apply (importing charjax applies
 # none); applied before JAX starts.
-from charjax import cpu_settings  # pylint: disable=g-import-not-at-top
+from charjax.runtime import cpu_settings  # pylint: disable=g-import-not-at-top
 cpu_settings.apply()
 
 import numpy as np
 from PIL import Image
 import pytest
 
-from charjax.datasets import classes
+from charjax.data import classes
 
 
 def character_image(label: int, size: int, rng: np.random.Generator, dark_ink: bool) -> np.ndarray:
@@ -111,7 +111,7 @@ def nhcd_zip_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def prepared_dirs(nhcd_zip_dir, tmp_path_factory):
   """(data_dir, tfds_dir) with NHCD numerals already prepared once for the session."""
-  from charjax import input_pipeline
+  from charjax.data import input_pipeline
   tfds_dir = tmp_path_factory.mktemp('tfds')
   input_pipeline.prepare('nhcd', 'numerals', data_dir=nhcd_zip_dir, tfds_dir=tfds_dir)
   return nhcd_zip_dir, tfds_dir

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from charjax import archives
+from charjax.data import archives
 
 
 def _zip(path, entries):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charjax import augment
+from charjax.data import augment
 
 
 def _blob_images(n=4, size=28):
@@ -60,7 +60,7 @@ def test_draws_are_per_image_and_deterministic_for_a_seed():
 
 @pytest.mark.parametrize('augment_on', [False, True])
 def test_from_config(augment_on):
-  from configs import all_classes
+  from charjax.configs import all_classes
   config = all_classes.get_config()
   config.augment = augment_on
   got = augment.from_config(config)

@@ -106,9 +106,9 @@ def test_time_to_accuracy_benchmark_on_generated_data(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
   out = tmp_path / 'tta.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.time_to_accuracy', '--config=configs/numerals.py',
+      [sys.executable, '-m', 'benchmarks.time_to_accuracy', '--config=charjax/configs/numerals.py',
        f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}', '--config.num_epochs=2',
-       '--config.image_size=16', '--config.conv_features=(4, 8)', '--config.dense_features=8',
+       '--config.image_size=16', '--config.model.conv_features=(4, 8)', '--config.model.dense_features=8',
        '--config.batch_size=32', '--target=0.0', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_winograd_convolution_is_the_same_convolution():
   import jax
   import jax.numpy as jnp
   from benchmarks import winograd
-  from charjax import conv
+  from charjax.nn import conv
   kx, kk = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, shape)
   kernel = jax.random.normal(kk, (3, 3, shape[-1], features)) / 3

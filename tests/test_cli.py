@@ -27,18 +27,18 @@ slow = pytest.mark.slow  # each case is a process of its own: the rest run with 
 
 @pytest.mark.parametrize('args,message', [
     pytest.param(['--config.bogus=1'], 'unknown config field bogus', marks=slow),
-    pytest.param(['--config.model=Bogus'], "model='Bogus' is not one of", marks=slow),
+    pytest.param(['--config.model.name=Bogus'], "model.name='Bogus' is not one of", marks=slow),
     pytest.param(['--config.num_epochs=abc'], 'flag --config.num_epochs=abc', marks=slow),
-    (['--config.conv_features=(8,16)', '--config.conv_features=(8,16)'],
-     '--config.conv_features is given more than once'),
-    pytest.param(['--config.model=AllClassesCNN', '--config.image_size=8',
-                  '--config.conv_features=(16,16,16)'], 'cannot be built for image_size=8',
+    (['--config.model.conv_features=(8,16)', '--config.model.conv_features=(8,16)'],
+     '--config.model.conv_features is given more than once'),
+    pytest.param(['--config.model.name=AllClassesCNN', '--config.image_size=8',
+                  '--config.model.conv_features=(16,16,16)'], 'cannot be built for image_size=8',
                  marks=slow),
-    pytest.param(['--config.learning_rate=-1'], 'learning_rate=-1', marks=slow),
+    pytest.param(['--config.optimizer.learning_rate=-1'], 'learning_rate=-1', marks=slow),
 ])
 def test_config_mistakes(prepared_dirs, tmp_path, args, message):
   data_dir, tfds_dir = prepared_dirs
-  proc = _train('--config', 'configs/numerals.py', f'--workdir={tmp_path / "run"}',
+  proc = _train('--config', 'charjax/configs/numerals.py', f'--workdir={tmp_path / "run"}',
                 f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}', *args)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith('charjax: ')
@@ -49,7 +49,7 @@ def test_config_mistakes(prepared_dirs, tmp_path, args, message):
 @slow
 def test_test_fraction_that_leaves_nothing_to_train_on(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
-  proc = _train('--config', 'configs/numerals.py', f'--workdir={tmp_path / "run"}',
+  proc = _train('--config', 'charjax/configs/numerals.py', f'--workdir={tmp_path / "run"}',
                 f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
                 '--config.test_fraction=0.99')
   assert proc.returncode == 1 and 'charjax: Cannot split nhcd/numerals' in proc.stderr
@@ -69,7 +69,7 @@ def test_missing_and_broken_config_files(broken_config, tmp_path):
 @slow
 def test_a_workdir_that_cannot_be_created(tmp_path):
   (tmp_path / 'a_file').write_text('')
-  proc = _train('--config', 'configs/numerals.py', f'--workdir={tmp_path / "a_file" / "run"}')
+  proc = _train('--config', 'charjax/configs/numerals.py', f'--workdir={tmp_path / "a_file" / "run"}')
   assert proc.returncode == 1 and 'charjax: Not a directory' in proc.stderr
   assert 'Traceback' not in proc.stderr
 

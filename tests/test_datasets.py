@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from charjax import archives
-from charjax import input_pipeline
-from charjax.datasets import sources
+from charjax.data import archives
+from charjax.data import input_pipeline
+from charjax.data import sources
 from tests import conftest
 
 
@@ -143,7 +143,7 @@ def test_reuse_warns_when_the_archive_changed(tmp_path, caplog):
 
 
 def test_preprocessing_inverts_scales_and_resizes():
-  from charjax import preprocess
+  from charjax.data import preprocess
   image = np.full((28, 28, 1), 255, np.uint8)
   image[10:18, 10:18] = 0
   out = preprocess.to_model_input([image], ink_is_dark=True, image_size=36)

@@ -16,7 +16,8 @@ from tests.test_train import REPO
 _SCRIPT = r'''
 import json, os, re, signal, sys, pathlib
 import jax
-from charjax import sharding, train
+from charjax import train
+from charjax.runtime import sharding
 from tests.test_train import tiny_config
 
 data_dir, tfds_dir, root = sys.argv[1:4]

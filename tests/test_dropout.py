@@ -1,11 +1,11 @@
-"""charjax.dropout: masks from packed random bits, flax's inverted-dropout contract."""
+"""charjax.nn.dropout: masks from packed random bits, flax's inverted-dropout contract."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charjax import dropout
+from charjax.nn import dropout
 
 
 @pytest.mark.parametrize('keep_prob, lane_dtype, threshold', [(0.75, np.uint8, 192),

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charjax import conv
-from charjax import models
-from charjax import pooling
+from charjax.nn import conv
+from charjax.nn import models
+from charjax.nn import pooling
 
 
 def param_count(model, image_size):
@@ -103,7 +103,7 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient():
 
 def test_cpu_flag_is_added_unless_told_not_to(monkeypatch):
   import os
-  from charjax import cpu_flags
+  from charjax.runtime import cpu_flags
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   monkeypatch.delenv(cpu_flags.OPT_OUT_ENV, raising=False)
   assert cpu_flags.apply() and cpu_flags.YNN_CONVOLUTION_OFF in os.environ['XLA_FLAGS']

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from charjax import conv
-from charjax import host_memory
-from charjax import models
-from charjax import native_conv
-from charjax import pooling
+from charjax.nn import conv
+from charjax.runtime import host_memory
+from charjax.nn import models
+from charjax.nn import native_conv
+from charjax.nn import pooling
 
 needs_native = pytest.mark.skipif(
     native_conv._cpu_problem() is not None, reason=f'{native_conv._cpu_problem()}')
@@ -183,7 +183,7 @@ def test_native_is_for_cpu_only():
 
 
 def test_native_conv_can_be_switched_off():
-  code = ('from charjax import conv, native_conv; '
+  code = ('from charjax.nn import conv, native_conv; '
           'print(native_conv.unavailable_reason(), conv.resolve_impl("auto", "cpu"))')
   env = {**os.environ, 'CHARJAX_NATIVE_CONV': '0'}
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)

@@ -74,8 +74,8 @@ def test_every_mode_and_bit_depth_is_read_with_its_real_range(encoding, tmp_path
 
 def test_dataset_images_get_exactly_the_training_input(tmp_path):
   """predict on the dataset's own files = the training preprocessing, pixel for pixel."""
-  from charjax import preprocess
-  from charjax.datasets import sources
+  from charjax.data import preprocess
+  from charjax.data import sources
   from tests.conftest import nhcd_files
   files = {n: b for n, b in nhcd_files(writers=1, samples=2).items() if n.endswith('.jpg')}
   names = sorted(files)[:40]
@@ -112,14 +112,14 @@ def test_checkpoint_with_nan_parameters_is_refused(run_dir, tmp_path):
   from charjax import checkpointing
   damaged = tmp_path / 'run'
   shutil.copytree(run_dir, damaged)
-  best = damaged / 'checkpoints' / 'best'
-  epoch = max(int(p.name) for p in best.iterdir() if p.name.isdigit())
+  checkpoints = damaged / 'checkpoints'
+  epoch = runs.load_results(damaged)['best_epoch']
   _, _, state, _ = runs.restore_best(run_dir)
   bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(np.nan),
                                           state.params))
-  shutil.rmtree(best / str(epoch))
-  with checkpointing.manager(best) as mngr:
-    checkpointing.save(mngr, epoch, bad)
+  shutil.rmtree(checkpoints / str(epoch))
+  with checkpointing.manager(checkpoints) as mngr:
+    checkpointing.save(mngr, epoch, bad, {'improved_epoch': epoch})
   with pytest.raises(checkpointing.CheckpointError, match='NaN or infinite'):
     predict.load_classifier(str(damaged), None)
 
@@ -208,13 +208,13 @@ def test_split_name():
 @pytest.fixture(scope='module')
 def svc_run(nhcd_zip_dir, tmp_path_factory):
   """A tiny 58-class network (1 epoch) and SVCs on its features, as experiment 3 makes."""
-  from charjax import specialise
+  from charjax.study import specialise
   from charjax import train
-  from configs import all_classes
+  from charjax.configs import all_classes
   config = all_classes.get_config()
   config.data_dir = str(nhcd_zip_dir)
   config.tfds_dir = str(tmp_path_factory.mktemp('tfds_all'))
-  config.image_size, config.conv_features, config.dense_features = 16, (16, 16, 16), 8
+  config.image_size, config.model.conv_features, config.model.dense_features = 16, (16, 16, 16), 8
   config.batch_size, config.eval_batch_size, config.num_epochs = 64, 100, 1
   cnn = tmp_path_factory.mktemp('svc_run') / 'cnn'
   train.train_and_evaluate(config, str(cnn))
@@ -240,9 +240,10 @@ def test_an_svc_with_a_subset_cnn_run_is_refused(svc_run, run_dir):
     predict.load_classifier(str(run_dir), str(svc_run / 'svc_vowels.npz'))
 
 
-def _damage(best, how):
-  epoch = max(p for p in best.iterdir() if p.name.isdigit())
-  data = epoch / 'default'
+def _damage(checkpoints, how, epoch=None):
+  """Damages the checkpoint of `epoch` (default: the newest) in `checkpoints`."""
+  epoch = epoch or max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  data = checkpoints / str(epoch) / 'default'
   if how == 'truncated':
     for f in (data / 'd').iterdir():
       f.write_bytes(f.read_bytes()[:100])
@@ -263,7 +264,7 @@ def test_a_damaged_checkpoint_is_one_clear_line(run_dir, tmp_path, how):
   import shutil
   damaged = tmp_path / 'run'
   shutil.copytree(run_dir, damaged)
-  _damage(damaged / 'checkpoints' / 'best', how)
+  _damage(damaged / 'checkpoints', how, runs.load_results(damaged)['best_epoch'])
   Image.fromarray(_glyph()).save(tmp_path / 'one.png')
   proc = subprocess.run([sys.executable, '-m', 'charjax.predict', f'--workdir={damaged}',
                          str(tmp_path / 'one.png')], cwd=REPO, capture_output=True, text=True,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from charjax import cpu_settings
+from charjax.runtime import cpu_settings
 from tests.test_train import REPO
 
 # Imports every charjax module a researcher might use, then reports XLA_FLAGS, whether JAX
@@ -16,10 +16,10 @@ _PROBE = r'''
 import json, os, sys
 flags_before = os.environ.get('XLA_FLAGS')
 if sys.argv[1] == 'apply':
-  from charjax import cpu_settings
+  from charjax.runtime import cpu_settings
   applied = cpu_settings.apply()
-import charjax, charjax.train, charjax.predict, charjax.study, charjax.report
-import charjax.specialise, charjax.baseline, charjax.native_conv, charjax.cli
+import charjax, charjax.train, charjax.predict, charjax.study, charjax.study.report
+import charjax.study.specialise, charjax.study.baseline, charjax.nn.native_conv, charjax.cli
 import numpy as np
 from jax._src import xla_bridge
 backends_started = bool(xla_bridge._backends)

@@ -6,9 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from charjax import input_pipeline
+from charjax.data import input_pipeline
 from charjax import train
-from configs import numerals
+from charjax.configs import numerals
 from tests.conftest import SHARED_DATA
 
 pytestmark = [
@@ -39,7 +39,7 @@ def test_real_nhcd_counts_and_first_epochs_of_numerals(tmp_path):
 def predict_accuracy_on_test_split(workdir, archive, folder) -> float:
   """Writes the run's test images (as stored in `archive`) to `folder` and classifies them
   with `charjax.predict`; returns the fraction whose top class is the true one."""
-  from charjax import archives
+  from charjax.data import archives
   from charjax import predict
   from charjax import runs
   config = runs.load_config(workdir)

@@ -2,7 +2,7 @@
 
 from matplotlib import font_manager
 
-from charjax import report
+from charjax.study import report
 
 
 def test_devanagari_font_from_the_dependency_is_registered():

@@ -42,21 +42,23 @@ def _checkpoint_bytes(workdir):
   template = train.create_train_state(config, train.create_model(config, 10),
                                       jax.random.key(0), config.image_size)
   out = {}
-  for kind in ('best', 'latest'):
-    with checkpointing.manager(workdir / 'checkpoints' / kind, read_only=True) as mngr:
-      state = checkpointing.restore(mngr, template)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-      out[f'{kind}{jax.tree_util.keystr(path)}'] = np.asarray(leaf).tobytes()
+  with checkpointing.manager(workdir / 'checkpoints', read_only=True) as mngr:
+    for epoch in mngr.all_steps():
+      state = checkpointing.restore(mngr, template, epoch)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        out[f'{epoch}{jax.tree_util.keystr(path)}'] = np.asarray(leaf).tobytes()
   return out
 
 
 def _cli_args(config, workdir):
-  args = ['--config', 'configs/numerals.py', '--workdir', str(workdir)]
-  for key in ('data_dir', 'tfds_dir', 'image_size', 'dense_features', 'dense_dropout',
-              'learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
-              'checkpoint_every_epochs'):
-    args.append(f'--config.{key}={config[key]}')
-  args.append(f'--config.conv_features=({config.conv_features[0]}, {config.conv_features[1]})')
+  args = ['--config', 'charjax/configs/numerals.py', '--workdir', str(workdir)]
+  for key in ('data_dir', 'tfds_dir', 'image_size', 'model.dense_features',
+              'model.dense_dropout', 'optimizer.learning_rate', 'batch_size', 'eval_batch_size',
+              'num_epochs', 'checkpoint_every_epochs'):
+    section, _, field = key.rpartition('.')
+    args.append(f'--config.{key}={(config[section] if section else config)[field]}')
+  args.append(f'--config.model.conv_features=({config.model.conv_features[0]}, '
+              f'{config.model.conv_features[1]})')
   return [sys.executable, '-m', 'charjax.train', *args]
 
 
@@ -77,13 +79,13 @@ def test_same_config_and_seed_give_the_same_run(reference, tmp_path):
 
 def test_the_reference_run_uses_the_native_kernels_threaded(reference):
   """The determinism tests mean something only if the threaded native kernels ran."""
-  from charjax import conv
-  from charjax import native_conv
+  from charjax.nn import conv
+  from charjax.nn import native_conv
   config, _ = reference
   if native_conv._cpu_problem() is not None:
     pytest.skip(native_conv._cpu_problem())
   assert conv.resolve_impl(config.conv_impl) == 'native'
-  assert all(f % native_conv.LANES == 0 for f in config.conv_features)
+  assert all(f % native_conv.LANES == 0 for f in config.model.conv_features)
   assert config.batch_size > 1 and jax.devices()[0].platform == 'cpu'
 
 
@@ -136,7 +138,7 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(reference, tmp_pa
   assert proc.returncode == 128 + sig, err[-2000:]
   assert 'rerun the same command to resume' in err and 'Traceback' not in err
   epochs = len(metrics.read_text().splitlines())
-  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  latest = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
   assert latest.latest_step() == epochs < 100  # saved at once, not at epoch 100
 
 
@@ -160,7 +162,7 @@ def test_signal_landing_after_the_epochs_checkpoint_decision_still_saves(referen
     train.train_and_evaluate(config, str(tmp_path))
   assert stopped.value.signum == signal.SIGTERM
   epochs = len((tmp_path / 'metrics.jsonl').read_text().splitlines())
-  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  latest = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
   assert latest.latest_step() == epochs == 2
 
 
@@ -169,23 +171,23 @@ def test_another_config_in_the_same_workdir_is_refused_unless_restart(reference,
   config = config.copy_and_resolve_references()
   config.num_epochs = 1
   train.train_and_evaluate(config, str(tmp_path))
-  config.learning_rate = 1e-3
-  with pytest.raises(configuration.ConfigError, match='differs in learning_rate.*--restart'):
+  config.optimizer.learning_rate = 1e-3
+  with pytest.raises(configuration.ConfigError, match=r'differs in optimizer\.learning_rate.*--restart'):
     train.train_and_evaluate(config, str(tmp_path))
   results = train.train_and_evaluate(config, str(tmp_path), restart=True)
   assert results['epochs_run'] == 1
-  assert json.loads((tmp_path / 'config.json').read_text())['learning_rate'] == 1e-3
+  assert json.loads((tmp_path / 'config.json').read_text())['optimizer']['learning_rate'] == 1e-3
 
 
 def test_nan_stops_the_run_naming_epoch_and_step_and_keeps_checkpoints(prepared_dirs, tmp_path):
   config = tiny_config(*prepared_dirs)
   config.num_epochs, config.checkpoint_every_epochs = 4, 1
-  config.learning_rate = 1e9  # diverges within a few steps
+  config.optimizer.learning_rate = 1e9  # diverges within a few steps
   with pytest.raises(train.TrainingDiverged, match=r'NaN or infinite in epoch (\d+), at step'):
     train.train_and_evaluate(config, str(tmp_path))
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
   assert all(np.isfinite(json.loads(l)['train_loss']) for l in lines)
-  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  latest = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
   assert (latest.latest_step() or 0) == len(lines)
 
 
@@ -224,7 +226,7 @@ def test_full_or_read_only_disk_fails_clearly_and_keeps_earlier_checkpoints(
   with pytest.raises(checkpointing.CheckpointError, match=f'{message}.*intact'):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()
-  latest = checkpointing.manager(tmp_path / 'checkpoints' / 'latest')
+  latest = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
   assert latest.latest_step() == 2
   template = train.create_train_state(config, train.create_model(config, 10),
                                       jax.random.key(0), config.image_size)
@@ -235,10 +237,10 @@ def test_full_or_read_only_disk_fails_clearly_and_keeps_earlier_checkpoints(
 def test_checkpoint_of_another_model_is_refused(reference):
   config, workdir = reference
   other = config.copy_and_resolve_references()
-  other.dense_features = 32
+  other.model.dense_features = 32
   template = train.create_train_state(other, train.create_model(other, 10), jax.random.key(0),
                                       other.image_size)
-  best = checkpointing.manager(workdir / 'checkpoints' / 'best')
+  best = checkpointing.manager(workdir / 'checkpoints', read_only=True)
   with pytest.raises(checkpointing.CheckpointError, match='does not fit|other shapes'):
     checkpointing.restore(best, template)
 
@@ -269,7 +271,7 @@ def test_resuming_from_a_damaged_checkpoint_is_one_clear_line(reference, tmp_pat
   config, workdir = reference
   run = tmp_path / 'run'
   shutil.copytree(workdir, run)
-  _damage(run / 'checkpoints' / 'latest', 'truncated')
+  _damage(run / 'checkpoints', 'truncated')
   proc = subprocess.run(_cli_args(config, run), cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 1

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from charjax import input_pipeline
+from charjax.data import input_pipeline
 from charjax import rundir
 from charjax import runs
 from charjax import train
@@ -79,7 +79,7 @@ def test_readers_change_nothing_in_a_run_being_written(reference_run, tmp_path):
   _, workdir = reference_run
   live = tmp_path / 'live'
   shutil.copytree(workdir, live)
-  in_progress = live / 'checkpoints' / 'best' / '9.orbax-checkpoint-tmp-1234'
+  in_progress = live / 'checkpoints' / '9.orbax-checkpoint-tmp-1234'
   in_progress.mkdir()
   (in_progress / 'partial').write_bytes(b'being written')
   before = _snapshot(live)
@@ -120,11 +120,11 @@ def test_model_errors_write_nothing(reference_run, tmp_path):
   corrected command is not refused as 'another config'."""
   config, _ = reference_run
   bad = config.copy_and_resolve_references()
-  bad.model = 'Bogus'
-  with pytest.raises(train.configuration.ConfigError, match="model='Bogus'"):
+  bad.model.name = 'Bogus'
+  with pytest.raises(train.configuration.ConfigError, match="model.name='Bogus'"):
     train.train_and_evaluate(bad, str(tmp_path / 'run'))
   bad = config.copy_and_resolve_references()
-  bad.model, bad.image_size, bad.conv_features = 'AllClassesCNN', 8, (16, 16, 16)
+  bad.model.name, bad.image_size, bad.model.conv_features = 'AllClassesCNN', 8, (16, 16, 16)
   with pytest.raises(train.configuration.ConfigError, match='cannot be built for image_size=8'):
     train.train_and_evaluate(bad, str(tmp_path / 'run'))
   assert not (tmp_path / 'run' / 'config.json').exists()

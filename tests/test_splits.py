@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from charjax import splits
+from charjax.data import splits
 
 
 def fake_labels_writers(classes=10, writers=20, samples=3):

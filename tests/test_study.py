@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from charjax import report
-from charjax import specialise
-from charjax import study
-from charjax import svc
+from charjax.study import report
+from charjax.study import specialise
+from charjax.study import experiments as study
+from charjax.study import svc
 
 # Trains five small networks (~100 s on 2 cores): run with `pytest -m slow` (CI does).
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from sklearn import model_selection
 from sklearn import svm
 
-from charjax import svc
+from charjax.study import svc
 
 
 def _data(classes=4, n=120, dim=6, seed=0):

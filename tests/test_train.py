@@ -10,10 +10,12 @@ import pytest
 
 from charjax import checkpointing
 from charjax import configuration
-from charjax import input_pipeline
+from charjax.data import input_pipeline
 from charjax import runs
 from charjax import train
-from configs import default
+from charjax import configs
+from charjax.configs import all_classes
+from charjax.configs import default
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
@@ -23,10 +25,10 @@ def tiny_config(data_dir, tfds_dir):
   config.subset = 'numerals'
   config.data_dir, config.tfds_dir = str(data_dir), str(tfds_dir)
   config.image_size = 16
-  config.conv_features = (16, 32)  # multiples of 16: the native kernels, threaded, on CPU
-  config.dense_features = 16
-  config.dense_dropout = 0.2
-  config.learning_rate = 3e-3
+  config.model.conv_features = (16, 32)  # multiples of 16: the native kernels, threaded, on CPU
+  config.model.dense_features = 16
+  config.model.dense_dropout = 0.2
+  config.optimizer.learning_rate = 3e-3
   config.batch_size = 32
   config.eval_batch_size = 20
   config.num_epochs = 3
@@ -64,15 +66,14 @@ def test_best_checkpoint_restores_to_the_same_test_evaluation(tiny_run):
   _, data = input_pipeline.load_splits(config)
   model = train.create_model(config, 10)
   fresh = train.create_train_state(config, model, jax.random.key(123), config.image_size)
-  mngr = checkpointing.manager(workdir / 'checkpoints' / 'best')
-  assert mngr.all_steps() == [results['best_epoch']]
-  restored = checkpointing.restore(mngr, fresh)
+  mngr = checkpointing.manager(workdir / 'checkpoints', read_only=True)
+  # One manager keeps the best-validation epoch and the latest (the last, 3).
+  assert mngr.all_steps() == sorted({results['best_epoch'], 3})
+  restored = checkpointing.restore(mngr, fresh, results['best_epoch'])
   sums = train.evaluate(restored, data.images['test'], data.labels['test'], batch_size=20)
   n = results['split_sizes']['test']
   assert float(sums['correct']) / n == pytest.approx(results['test_accuracy'])
   assert float(sums['loss']) / n == pytest.approx(results['test_loss'], rel=1e-5)
-  latest = checkpointing.manager(workdir / 'checkpoints' / 'latest')
-  assert latest.all_steps() == [3]
 
 
 def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
@@ -91,16 +92,28 @@ def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('learning_rate', -1e-3, 'learning_rate=-0.001 must be positive'),
+    ('optimizer.learning_rate', -1e-3, 'learning_rate=-0.001 must be positive'),
+    ('optimizer.rho', 1.5, 'rho=1.5 not in'),
+    ('optimizer.name', 'lamb', "optimizer.name='lamb' is not one of"),
     ('batch_size', 0, 'batch_size=0 must be positive'),
     ('subset', 'letters', "subset='letters' is not one of"),
-    ('conv_dropout', 1.5, 'conv_dropout=1.5 not in'),
-    ('bottleneck_activation', 'tanh', "bottleneck_activation='tanh' is not one of"),
+    ('dataset', 'no_such_dataset', "dataset='no_such_dataset' is not one of"),
+    ('model.conv_dropout', 1.5, 'conv_dropout=1.5 not in'),
+    ('model.bottleneck_features', 2, 'SubsetCNN has no field bottleneck_features'),
 ])
 def test_impossible_values_are_refused(field, value, message):
   config = default.get_config()
-  config[field] = value
+  section, _, key = field.rpartition('.')
+  (config[section] if section else config)[key] = value
   with pytest.raises(configuration.ConfigError, match=message):
+    configuration.validate(config)
+
+
+def test_model_fields_are_checked_by_the_module():
+  config = all_classes.get_config()
+  config.model.bottleneck_activation = 'tanh'
+  with pytest.raises(configuration.ConfigError,
+                     match="bottleneck_activation='tanh' is not one of"):
     configuration.validate(config)
 
 
@@ -129,7 +142,7 @@ def run_cli(*args, cwd=REPO):
 
 
 def test_cli_reports_missing_data_without_traceback(tmp_path):
-  proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path / 'run'),
+  proc = run_cli('--config', 'charjax/configs/numerals.py', '--workdir', str(tmp_path / 'run'),
                  f'--config.data_dir={tmp_path}/nowhere', f'--config.tfds_dir={tmp_path}/tfds')
   assert proc.returncode == 1
   assert 'No NHCD data found' in proc.stderr and 'Traceback' not in proc.stderr
@@ -137,23 +150,34 @@ def test_cli_reports_missing_data_without_traceback(tmp_path):
 
 def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
   data_dir, tfds_dir = prepared_dirs
-  proc = run_cli('--config', 'configs/numerals.py', '--workdir', str(tmp_path / 'run'),
+  proc = run_cli('--config', 'charjax/configs/numerals.py', '--workdir', str(tmp_path / 'run'),
                  f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
                  '--config.num_epochs=1', '--config.image_size=16', '--config.batch_size=32',
-                 '--config.conv_features=(16, 32)', '--config.dense_features=8')
+                 '--config.model.conv_features=(16, 32)', '--config.model.dense_features=8')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'epoch 1/1  loss' in proc.stderr and 'img/s' in proc.stderr
   assert 'checkpoint_manager' not in proc.stderr  # library chatter kept out of the progress
   assert json.loads((tmp_path / 'run' / 'results.json').read_text())['epochs_run'] == 1
 
 
-@pytest.mark.parametrize('name', ['numerals', 'vowels', 'consonants', 'dhcd', 'all_classes',
-                                  'feature_map'])
+@pytest.mark.parametrize('name', ['default', 'numerals', 'vowels', 'consonants', 'dhcd',
+                                  'all_classes', 'feature_map'])
 def test_experiment_configs_are_valid(name):
   import importlib
-  config = importlib.import_module(f'configs.{name}').get_config()
+  module = importlib.import_module(f'charjax.configs.{name}')
+  config = module.get_config()
   configuration.validate(config)
   assert set(config.keys()) == set(configuration.FIELDS)
+  quick = module.get_config('quick')
+  configuration.validate(quick)
+  assert quick.num_epochs == 2 and config.num_epochs > 2
+  with pytest.raises(ValueError, match='unknown config variant'):
+    module.get_config('huge')
+
+
+def test_every_packaged_config_is_listed():
+  assert set(configs.names()) == {'default', 'numerals', 'vowels', 'consonants', 'dhcd',
+                                  'all_classes', 'feature_map', 'pca_svc'}
 
 
 @pytest.mark.slow  # XLA's convolution (bf16) in unrolled loops: a long compile on CPU

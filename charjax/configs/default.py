@@ -1,17 +1,23 @@
-"""Experiment 2 of the study: a CNN per subset (here the consonants) with its settings.
+"""Experiment 2 of the study (a CNN per character subset), on the NHCD consonants.
 
-Every field charjax reads is declared here; the other configs import this one and
-override a few fields.
+Every run-wide field charjax reads is declared here; the other configs import this one
+and change a few fields. The study's settings: RMSprop (Keras's rule) lr 5e-4, batch 800,
+180 epochs, the best-validation-loss epoch kept.
 
-  python -m charjax.train --config configs/default.py --workdir runs/default
+  python -m charjax.train --config default --workdir runs/default
+
+Runtime on this project's 2-core CPU: 13.8 min of training and validation (native
+convolution). Test accuracy: 87.2% (study: 85.9%).
 """
 
 import ml_collections
 
+from charjax import configs
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # Data.
+  # Data: a dataset of charjax.data.registry by name, or the module path of your own.
   config.dataset = 'nhcd'            # 'nhcd' or 'dhcd'
   config.subset = 'consonants'       # nhcd: numerals | vowels | consonants | all
   config.data_dir = ''               # archives; '' = $CHARJAX_DATA_DIR, then defaults
@@ -21,23 +27,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_fraction = 0.15
   config.val_fraction = 0.176
   config.split_seed = 1
-  # Model (a class in charjax.models).
-  config.model = 'SubsetCNN'
-  config.conv_features = (32, 64)
-  config.dense_features = 256
-  config.conv_dropout = 0.25
-  config.dense_dropout = 0.8
-  config.bottleneck_features = 0      # AllClassesCNN: >0 adds that narrow dense layer
-  config.bottleneck_activation = 'relu'  # its activation: 'relu' or 'softplus'
-  # 'auto' ('native' on CPU where it builds, else 'xla'), 'xla', 'patches' or 'native'.
-  config.conv_impl = 'auto'          # see charjax.conv
+  # Model: `name` in charjax.nn.models (or a module path); the other fields go to the module.
+  config.model = ml_collections.ConfigDict(dict(
+      name='SubsetCNN', conv_features=(32, 64), dense_features=256, conv_dropout=0.25,
+      dense_dropout=0.8))
+  # How the convolutions compute: 'auto' ('native' on CPU where it builds, else 'xla'),
+  # 'xla', 'patches' or 'native' (see charjax.nn.conv).
+  config.conv_impl = 'auto'
   # 'float32' (the study's) or 'bfloat16': activations and products in bfloat16, parameters,
   # optimizer state and loss in float32 (for GPUs and TPUs; on CPU it uses XLA's convolution).
   config.dtype = 'float32'
-  # Optimisation.
-  config.learning_rate = 5e-4
-  config.rmsprop_rho = 0.9
-  config.rmsprop_epsilon = 1e-8
+  # Optimiser: `name` in charjax.optim.OPTIMIZERS; the schedule's fields, then its own.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='keras_rmsprop', learning_rate=5e-4, schedule='constant', warmup_epochs=0.0,
+      rho=0.9, epsilon=1e-8))
   config.batch_size = 800
   config.eval_batch_size = 1000
   config.num_epochs = 180
@@ -50,4 +53,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = False
   config.augment_rotation_degrees = 15.0  # angle drawn in [-r, r] per image
   config.augment_zoom = 0.2               # scale drawn in [1 - z, 1 + z] per image
-  return config
+  return configs.with_variant(config, variant)

@@ -15,11 +15,13 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from charjax import archives
-from charjax.datasets import classes
-from charjax.datasets import sources
+from charjax.data import archives
+from charjax.data import classes
+from charjax.data import registry
+from charjax.data import sources
 
 SUBSETS = ('numerals', 'vowels', 'consonants')
+DOWNLOAD_URL = 'https://www.kaggle.com/datasets/ashokpant/devanagari-character-dataset'
 
 
 def layout(names: list[str], config: str) -> dict[str, int]:
@@ -83,7 +85,7 @@ class Nhcd(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Images stored as uint8 tensors, as found in the archive.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f'Download the dataset from {sources.DOWNLOAD_URLS["nhcd"]} and place nhcd.zip '
+      f'Download the dataset from {DOWNLOAD_URL} and place nhcd.zip '
       '(or its extracted nhcd/ folder) in the manual directory.')
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name=name, description=f'NHCD {name}')
@@ -102,11 +104,11 @@ class Nhcd(tfds.core.GeneratorBasedBuilder):
             'file_name': tfds.features.Text(),
         }),
         supervised_keys=('image', 'label'),
-        homepage=sources.DOWNLOAD_URLS['nhcd'],
+        homepage=DOWNLOAD_URL,
     )
 
   def _split_generators(self, dl_manager):
-    source = sources.find_source('nhcd', dl_manager.manual_dir)
+    source = sources.find_source(DATASET, dl_manager.manual_dir)
     return {'train': self._generate_examples(source)}
 
   def _generate_examples(self, source: pathlib.Path):
@@ -126,3 +128,13 @@ class Nhcd(tfds.core.GeneratorBasedBuilder):
         }
     if not csv:
       logging.warning('NHCD: no labels.csv in %s; using the built-in class names.', source)
+
+
+DATASET = registry.DatasetSpec(
+    name='nhcd', builder=Nhcd,
+    subsets={name: tuple(c.name for c in classes.NHCD_SUBSETS[name])
+             for name in SUBSETS + ('all',)},
+    layout=layout,
+    source_names=('nhcd.zip', 'nhcd.tar.xz', 'nhcd.tar.gz', 'nhcd.tar',
+                  'devanagari-character-dataset.zip', 'nhcd'),
+    download_url=DOWNLOAD_URL, ink_is_dark=True)

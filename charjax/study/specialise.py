@@ -5,9 +5,9 @@ the second dense layer's ReLU), computed in batched jitted calls. For each subse
 SVC is grid-searched with stratified k-fold cross-validation on the subset's train +
 validation features and scored on its test images (the 58-class split cut back into the
 subsets, so no test image was seen in training). Classifiers are saved as `.npz` arrays
-(see `charjax.svc`), never pickled.
+(see `charjax.study.svc`), never pickled.
 
-  python -m charjax.specialise --cnn_workdir runs/all_classes --workdir runs/all_classes/svc
+  python -m charjax.study.specialise --cnn_workdir runs/all_classes --workdir runs/all_classes/svc
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from charjax import cli
-from charjax import conv
-from charjax import input_pipeline
+from charjax.nn import conv
+from charjax.data import input_pipeline
 from charjax import runs
-from charjax import svc
+from charjax.study import svc
 from charjax import train
-from charjax.datasets import classes
+from charjax.data import classes
 
 STUDY_C = (1.0, 10.0, 100.0, 1000.0)
 STUDY_GAMMA = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -85,7 +85,7 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
   config, model, state, class_names = runs.restore_best(cnn_workdir)
   if config.dataset != 'nhcd' or config.subset != 'all':
     raise runs.RunError(f'{cnn_workdir} was trained on {config.dataset}/{config.subset}; the '
-                        'SVCs need the 58-class NHCD network (configs/all_classes.py).')
+                        'SVCs need the 58-class NHCD network (charjax/configs/all_classes.py).')
   _, data = input_pipeline.load_splits(config)
   feats = {name: extract_features(model, state.params, images)
            for name, images in data.images.items()}
@@ -129,7 +129,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('cnn_workdir', None, 'A finished run of configs/all_classes.py.')
+  flags.DEFINE_string('cnn_workdir', None, 'A finished run of charjax/configs/all_classes.py.')
   flags.DEFINE_string('workdir', None, 'Where the SVCs and results.json go.')
   flags.DEFINE_integer('folds', 5, 'Cross-validation folds of the grid search.')
   flags.mark_flags_as_required(['cnn_workdir', 'workdir'])

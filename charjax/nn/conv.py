@@ -2,11 +2,11 @@
 
 Expressing a valid convolution as `patches @ kernel` turns forward and backward passes into
 GEMMs; it is the fallback where XLA's own convolution is slow. Measured on 2 CPU cores, XLA's
-convolution (Eigen, once `charjax.cpu_flags` keeps it away from YNNPACK) is the faster of the
+convolution (Eigen, once `charjax.runtime.cpu_flags` keeps it away from YNNPACK) is the faster of the
 two at the top level of a compiled function, but XLA:CPU runs a convolution inside a `while`
 loop (`lax.scan`, `lax.map`) pathologically slowly (jax-ml/jax#12868); so on CPU the compiled
 loops of `charjax.train` are unrolled (see `loop_unroll`).
-On x86-64 CPUs with AVX2 and FMA, `charjax.native_conv` (register-tiled kernels called
+On x86-64 CPUs with AVX2 and FMA, `charjax.nn.native_conv` (register-tiled kernels called
 through XLA FFI) is faster than both and runs fine inside loops.
 `Conv2D` keeps `nn.Conv`'s parameter names and shapes, so checkpoints do not depend on the
 implementation chosen.
@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charjax import native_conv
-from charjax import pooling
+from charjax.nn import native_conv
+from charjax.nn import pooling
 
 IMPLS = ('auto', 'xla', 'patches', 'native')
 # Rows of the patch matrix per chunk: bounds the patches' memory, keeps GEMMs large.

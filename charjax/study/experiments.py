@@ -21,27 +21,25 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from charjax import archives
-from charjax import baseline
+from charjax.data import archives
+from charjax.study import baseline
 from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
-from charjax import report
+from charjax.study import report
 from charjax import runs
-from charjax import specialise
+from charjax.study import specialise
 from charjax import train
-from charjax.datasets import sources
-from configs import all_classes
-from configs import consonants
-from configs import feature_map
-from configs import numerals
-from configs import pca_svc
-from configs import vowels
+from charjax.data import sources
+from charjax.configs import all_classes
+from charjax.configs import consonants
+from charjax.configs import feature_map
+from charjax.configs import numerals
+from charjax.configs import pca_svc
+from charjax.configs import vowels
 
 SUBSET_CONFIGS = {'numerals': numerals, 'vowels': vowels, 'consonants': consonants}
-QUICK = {'num_epochs': 2}
 QUICK_SVC = {'C': (10.0,), 'gamma': (0.01, 0.1), 'folds': 2}
-QUICK_PCA = {'svc_C': (10.0,), 'svc_gamma': (0.005, 0.01), 'cv_folds': 2}
 
 
 def _configure(config, overrides: dict):
@@ -57,21 +55,20 @@ def steps(*, quick: bool = False, overrides: dict | None = None):
   `overrides` (e.g. data_dir, image_size) apply to every config that has the field.
   """
   overrides = dict(overrides or {})
-  cnn = {**(QUICK if quick else {}), **overrides}
+  variant = 'quick' if quick else ''
   out = []
   for subset in SUBSET_CONFIGS:
-    config = _configure(pca_svc.get_config(), {**(QUICK_PCA if quick else {}), **overrides,
-                                               'subset': subset})
+    config = _configure(pca_svc.get_config(variant), {**overrides, 'subset': subset})
     out.append((f'exp1 {subset}', f'exp1/{subset}', lambda d, c=config: baseline.run(c, d)))
   for subset, module in SUBSET_CONFIGS.items():
-    config = _configure(module.get_config(), cnn)
+    config = _configure(module.get_config(variant), overrides)
     out.append((f'exp2 {subset}', f'exp2/{subset}',
                 lambda d, c=config: train.train_and_evaluate(c, d)))
-  config = _configure(all_classes.get_config(), cnn)
+  config = _configure(all_classes.get_config(variant), overrides)
   out.append(('exp3 cnn', 'exp3/cnn', lambda d, c=config: train.train_and_evaluate(c, d)))
   out.append(('exp3 svc', 'exp3/svc', lambda d: specialise.run(
       d.parent / 'cnn', d, **(QUICK_SVC if quick else {}))))
-  config = _configure(feature_map.get_config(), cnn)
+  config = _configure(feature_map.get_config(variant), overrides)
   out.append(('feature map', 'exp3/feature_map',
               lambda d, c=config: train.train_and_evaluate(c, d)))
   return out
@@ -120,10 +117,11 @@ def main(argv):
     sys.exit(f'charjax: {e}')
 
 
-if __name__ == '__main__':
+
+def define_flags():
+  """The command's flags (defined by `python -m charjax.study`, not on import)."""
   flags.DEFINE_string('workdir', None, 'Directory of the whole study.')
   flags.DEFINE_bool('quick', False, 'Smoke run: 2 epochs per network, small SVC grids.')
   flags.DEFINE_string('data_dir', '', 'Folder holding the archives (default: search).')
   flags.DEFINE_string('tfds_dir', '', 'Folder for prepared datasets (default: TFDS default).')
   flags.mark_flags_as_required(['workdir'])
-  cli.run(main)

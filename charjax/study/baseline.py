@@ -7,7 +7,7 @@ cross-validation. Two protocols, one run:
   test set, so the numbers compare with experiment 2's on the same test images;
 - 'study_75_25': the study's own `train_test_split` 75/25 (seeded here; the study fixed none).
 
-  python -m charjax.baseline --config configs/pca_svc.py --config.subset=vowels \
+  python -m charjax.study.baseline --config charjax/configs/pca_svc.py --config.subset=vowels \
       --workdir runs/pca_svc/vowels
 
 Writes `config.json`, `results.json` (test accuracy and best parameters per protocol) and
@@ -30,12 +30,13 @@ import numpy as np
 from sklearn import decomposition
 from sklearn import model_selection
 
-from charjax import archives
+from charjax.data import archives
 from charjax import cli
-from charjax import input_pipeline
-from charjax import preprocess
-from charjax import svc
-from charjax.datasets import sources
+from charjax.data import input_pipeline
+from charjax.data import preprocess
+from charjax.data import registry
+from charjax.study import svc
+from charjax.data import sources
 
 FIELDS = ('dataset', 'subset', 'data_dir', 'tfds_dir', 'image_size', 'split', 'test_fraction',
           'val_fraction', 'split_seed', 'pca_components', 'pca_saved_components', 'svc_C',
@@ -82,8 +83,9 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
   examples = input_pipeline.load_examples(config.dataset, config.subset,
                                           data_dir=config.data_dir or None,
                                           tfds_dir=config.tfds_dir or None)
-  x = preprocess.to_model_input(examples.images, ink_is_dark=input_pipeline.INK_IS_DARK[
-      config.dataset], image_size=config.image_size).reshape(len(examples.labels), -1)
+  x = preprocess.to_model_input(examples.images,
+                                ink_is_dark=registry.get(config.dataset).ink_is_dark,
+                                image_size=config.image_size).reshape(len(examples.labels), -1)
   y = examples.labels
   cnn = input_pipeline.make_splits(examples, kind=config.split,
                                    test_fraction=config.test_fraction,
@@ -120,7 +122,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Baseline config (configs/pca_svc.py).',
+  config_flags.DEFINE_config_file('config', None, 'Baseline config (charjax/configs/pca_svc.py).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for the results.')
   flags.mark_flags_as_required(['config', 'workdir'])

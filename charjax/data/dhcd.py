@@ -15,10 +15,12 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from charjax import archives
-from charjax.datasets import classes
-from charjax.datasets import sources
+from charjax.data import archives
+from charjax.data import classes
+from charjax.data import registry
+from charjax.data import sources
 
+DOWNLOAD_URL = 'https://archive.ics.uci.edu/dataset/389/devanagari+handwritten+character+dataset'
 _FOLDER = re.compile(r'^((?:character|digit)_\d+)(?:_\w+)?$')
 
 
@@ -61,7 +63,7 @@ class Dhcd(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Images stored as uint8 tensors, as found in the archive.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f'Download the dataset from {sources.DOWNLOAD_URLS["dhcd"]} and place the archive '
+      f'Download the dataset from {DOWNLOAD_URL} and place the archive '
       '(or its extracted folder) in the manual directory.')
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -74,11 +76,11 @@ class Dhcd(tfds.core.GeneratorBasedBuilder):
             'file_name': tfds.features.Text(),
         }),
         supervised_keys=('image', 'label'),
-        homepage=sources.DOWNLOAD_URLS['dhcd'],
+        homepage=DOWNLOAD_URL,
     )
 
   def _split_generators(self, dl_manager):
-    source = sources.find_source('dhcd', dl_manager.manual_dir)
+    source = sources.find_source(DATASET, dl_manager.manual_dir)
     splits = layout(archives.list_files(source))
     return {split: self._generate_examples(source, labelled)
             for split, labelled in splits.items()}
@@ -91,3 +93,19 @@ class Dhcd(tfds.core.GeneratorBasedBuilder):
             'label': labelled[name],
             'file_name': name,
         }
+
+
+def train_layout(names: list[str], subset: str) -> dict[str, int]:
+  """The `train` split of `layout` (DHCD has one subset, 'all')."""
+  del subset
+  return layout(names)['train']
+
+
+DATASET = registry.DatasetSpec(
+    name='dhcd', builder=Dhcd,
+    subsets={'all': tuple(c.name for c in classes.DHCD_CLASSES)},
+    layout=train_layout,
+    source_names=('dhcd-train.tar.xz', 'dhcd.tar.xz', 'dhcd.zip', 'dhcd.tar.gz',
+                  'DevanagariHandwrittenCharacterDataset.zip',
+                  'DevanagariHandwrittenCharacterDataset', 'dhcd'),
+    download_url=DOWNLOAD_URL, ink_is_dark=False, official_splits=('train', 'test'))

@@ -1,13 +1,17 @@
 """Experiment 1: PCA (24 components) + RBF SVC per subset, the study's baseline.
 
-  python -m charjax.baseline --config configs/pca_svc.py --config.subset=numerals \
+  python -m charjax.study.baseline --config pca_svc --config.subset=numerals \
       --workdir runs/pca_svc/numerals
+
+Runtime on this project's 2-core CPU: 14 s / 16 s / 150 s (numerals / vowels /
+consonants). Test accuracy: 98.1 / 93.0 / 78.9% (study: 96.9 / 87.9 / 75.0%).
+Variant 'quick': one C, two gammas, 2 folds.
 """
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = 'nhcd'
   config.subset = 'numerals'          # numerals | vowels | consonants
@@ -27,4 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.svc_gamma = (0.001, 0.005, 0.01)
   config.cv_folds = 5
   config.seed = 0
+  if variant == 'quick':
+    config.svc_C, config.svc_gamma, config.cv_folds = (10.0,), (0.005, 0.01), 2
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; the variants are '' and 'quick'.")
   return config

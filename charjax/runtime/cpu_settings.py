@@ -1,6 +1,6 @@
 """The process-wide settings charjax's command-line entry points apply on the CPU backend.
 
-Two settings pay on XLA:CPU (see `charjax.cpu_flags` and `charjax.host_memory`): an
+Two settings pay on XLA:CPU (see `charjax.runtime.cpu_flags` and `charjax.runtime.host_memory`): an
 `XLA_FLAGS` entry that keeps convolutions away from YNNPACK, and glibc `mallopt` settings
 that keep large buffers in the heap. Both change the whole process, so `import charjax`
 applies neither: `charjax.cli.run` (every `python -m charjax.*` command) and the
@@ -15,8 +15,8 @@ import importlib.metadata
 import os
 import sys
 
-from charjax import cpu_flags
-from charjax import host_memory
+from charjax.runtime import cpu_flags
+from charjax.runtime import host_memory
 
 # Distributions that give JAX an accelerator backend (then the default backend is not CPU).
 _ACCELERATOR_PLUGINS = ('jax-cuda12-plugin', 'jax-cuda13-plugin', 'jax-cuda12-pjrt',

@@ -9,26 +9,13 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from charjax import archives
-from charjax import preprocess
+from charjax.data import archives
+from charjax.data import preprocess
+from charjax.data import registry
 
 DATA_DIR_ENV = 'CHARJAX_DATA_DIR'
 TFDS_DIR_ENV = 'CHARJAX_TFDS_DIR'
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff')
-
-# Archive and folder names each dataset is published under, most specific first.
-SOURCE_NAMES = {
-    'nhcd': ('nhcd.zip', 'nhcd.tar.xz', 'nhcd.tar.gz', 'nhcd.tar',
-             'devanagari-character-dataset.zip', 'nhcd'),
-    'dhcd': ('dhcd-train.tar.xz', 'dhcd.tar.xz', 'dhcd.zip', 'dhcd.tar.gz',
-             'DevanagariHandwrittenCharacterDataset.zip', 'DevanagariHandwrittenCharacterDataset',
-             'dhcd'),
-}
-DOWNLOAD_URLS = {
-    'nhcd': 'https://www.kaggle.com/datasets/ashokpant/devanagari-character-dataset',
-    'dhcd': 'https://archive.ics.uci.edu/dataset/389/devanagari+handwritten+character+dataset',
-}
-
 
 class DataNotFoundError(FileNotFoundError):
   """No archive or folder of a dataset was found in any searched location."""
@@ -56,18 +43,20 @@ def search_dirs(data_dir: str | os.PathLike | None) -> list[pathlib.Path]:
   return default_data_dirs()
 
 
-def find_source(dataset: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Path of the first archive or extracted folder of `dataset` found; raises if none."""
+def find_source(dataset, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Path of the first archive or extracted folder of `dataset` (a name or a
+  `registry.DatasetSpec`) found; raises `DataNotFoundError` if none."""
+  spec = registry.get(dataset) if isinstance(dataset, str) else dataset
   dirs = search_dirs(data_dir)
   for d in dirs:
-    for name in SOURCE_NAMES[dataset]:
+    for name in spec.source_names:
       candidate = d / name
       if candidate.is_dir() or (candidate.is_file() and archives.is_archive(candidate)):
         return candidate
   raise DataNotFoundError(
-      f'No {dataset.upper()} data found. Looked for {", ".join(SOURCE_NAMES[dataset])} in: '
+      f'No {spec.name.upper()} data found. Looked for {", ".join(spec.source_names)} in: '
       + ', '.join(str(d.resolve()) for d in dirs)
-      + f'.\nDownload it from {DOWNLOAD_URLS[dataset]} and put the archive (or its extracted '
+      + f'.\nDownload it from {spec.download_url} and put the archive (or its extracted '
       f'folder) in one of these folders, or point config.data_dir or ${DATA_DIR_ENV} at it.')
 
 

@@ -12,17 +12,12 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from charjax import archives
+from charjax.data import archives
 from charjax import configuration
-from charjax import datasets
-from charjax import preprocess
-from charjax import splits as splits_lib
-from charjax.datasets import classes
-from charjax.datasets import sources
-
-# Whether each dataset's ink is dark on a light background (then it is inverted).
-INK_IS_DARK = {'nhcd': True, 'dhcd': False}
-
+from charjax.data import preprocess
+from charjax.data import splits as splits_lib
+from charjax.data import registry
+from charjax.data import sources
 
 @dataclasses.dataclass
 class Examples:
@@ -45,28 +40,17 @@ class SplitArrays:
 
 def num_classes(dataset: str, subset: str) -> int:
   """How many classes `dataset`/`subset` has (known before any data is read)."""
-  if dataset == 'nhcd':
-    return len(classes.NHCD_SUBSETS[subset])
-  if dataset == 'dhcd':
-    return len(classes.DHCD_CLASSES)
-  raise ValueError(f'Unknown dataset {dataset!r}: expected "nhcd" or "dhcd".')
+  return registry.get(dataset).num_classes(subset)
 
 
 def builder_for(dataset: str, subset: str, tfds_dir) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `dataset` ('nhcd' with a subset config, or 'dhcd')."""
-  kwargs = dict(data_dir=str(sources.tfds_dir(tfds_dir)), file_format='array_record')
-  if dataset == 'nhcd':
-    return datasets.Nhcd(config=subset, **kwargs)
-  if dataset == 'dhcd':
-    return datasets.Dhcd(**kwargs)
-  raise ValueError(f'Unknown dataset {dataset!r}: expected "nhcd" or "dhcd".')
+  """The TFDS builder of `dataset`/`subset`, storing its files under `tfds_dir`."""
+  return registry.get(dataset).make_builder(subset, str(sources.tfds_dir(tfds_dir)))
 
 
 def _expected_counts(dataset: str, subset: str, source) -> collections.Counter:
-  names = archives.list_files(source)
-  if dataset == 'nhcd':
-    return collections.Counter(datasets.nhcd.layout(names, subset).values())
-  return collections.Counter(datasets.dhcd.layout(names)['train'].values())
+  return collections.Counter(registry.get(dataset).layout(archives.list_files(source),
+                                                          subset).values())
 
 
 SOURCE_RECORD = 'charjax_source.json'
@@ -196,7 +180,7 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
         f'{config.val_fraction} leaves no images in {", ".join(empty)}.')
   images = {
       name: preprocess.to_model_input([examples.images[i] for i in idx],
-                                      ink_is_dark=INK_IS_DARK[config.dataset],
+                                      ink_is_dark=registry.get(config.dataset).ink_is_dark,
                                       image_size=config.image_size)
       for name, idx in indices.items()
   }

@@ -31,8 +31,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from charjax import pooling
-from charjax import sharding
+from charjax.nn import pooling
+from charjax.runtime import sharding
 
 SOURCE = Path(__file__).with_name('native') / 'conv.cc'
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')

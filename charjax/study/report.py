@@ -1,6 +1,6 @@
 """The study's report: results table beside the study's numbers, and its figures.
 
-  python -m charjax.report --study_dir runs/study
+  python -m charjax.study.report --study_dir runs/study
 
 Reads the runs written by `python -m charjax.study` (any missing run is reported as
 missing) and writes `report.md` and PNG figures under `figures/`: learning curves,
@@ -25,12 +25,13 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
-from charjax import augment
+from charjax.data import augment
 from charjax import cli
-from charjax import input_pipeline
-from charjax import preprocess
+from charjax.data import input_pipeline
+from charjax.data import preprocess
+from charjax.data import registry
 from charjax import runs
-from charjax import specialise
+from charjax.study import specialise
 
 SUBSETS = ('numerals', 'vowels', 'consonants')
 # The study's table: (SVC over CNN features, CNN from scratch, PCA + SVC), test accuracy %.
@@ -222,7 +223,7 @@ def pca_figures(run_dir: pathlib.Path, components_out: pathlib.Path,
                                           tfds_dir=config.tfds_dir or None)
   first = [int(np.argmax(examples.labels == k)) for k in range(min(5, len(set(examples.labels))))]
   images = preprocess.to_model_input([examples.images[i] for i in first],
-                                     ink_is_dark=input_pipeline.INK_IS_DARK[config.dataset],
+                                     ink_is_dark=registry.get(config.dataset).ink_is_dark,
                                      image_size=shape[0])
   x = images.reshape(len(first), -1)
   counts = [k for k in (1, 4, 8, 24, 48) if k <= len(comps)]

@@ -15,6 +15,8 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from charjax.runtime import distributed
+
 DATA_AXIS = 'data'
 
 
@@ -79,3 +81,12 @@ def per_device(fn, batched: tuple[bool, ...], summed: bool):
         for a, b in zip(args, batched)]))
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(*args)
   return run
+
+
+def put_replicated(mesh, tree):
+  """A full copy of `tree` on every device of `mesh`.
+
+  Made from host copies, so that arrays created on one process's default device can join
+  a mesh that spans several processes.
+  """
+  return jax.device_put(distributed.to_host(tree), replicated(mesh))

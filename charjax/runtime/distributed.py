@@ -14,7 +14,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from charjax import cpu_settings
+from charjax.runtime import cpu_settings
 
 
 def initialize(coordinator_address: str = '', num_processes: int = 0, process_id: int = -1,

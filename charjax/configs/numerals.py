@@ -1,0 +1,15 @@
+"""Experiment 2 on the NHCD numerals (10 classes): the study's CNN, trained from scratch.
+
+  python -m charjax.train --config numerals --workdir runs/numerals
+
+Runtime on this project's 2-core CPU: 43 min, measured with older, slower code on a busy machine; not re-measured since. Test accuracy: 98.1% (study: 97.9%).
+"""
+
+from charjax import configs
+from charjax.configs import default
+
+
+def get_config(variant: str = ''):
+  config = default.get_config()
+  config.subset = 'numerals'
+  return configs.with_variant(config, variant)

@@ -1,0 +1,1 @@
+"""Where a run computes: device mesh and sharding, several processes, CPU process settings."""
