@@ -240,7 +240,7 @@ def open_run(workdir, config, *, restart: bool = False):
         clear_run(workdir)
     else:
       check_same_config(workdir, config)
-      if checkpointing.legacy_dir(workdir, 'latest'):
+      if any(checkpointing.legacy_dir(workdir, which) for which in ('best', 'latest')):
         raise RunDirError(
             f'{workdir} holds a run saved by an older charjax (checkpoints/best and '
             'checkpoints/latest): it loads for prediction and evaluation, but training it '
