@@ -7,7 +7,7 @@
 - `epoch_line`: the one-line summary of an epoch.
 - `Summaries`: TensorBoard event files in `<workdir>/tensorboard` (tensorboardX; no
   TensorFlow): losses, accuracies, learning rate and images/s per epoch.
-- `PlainFormatter`: log lines without absl's prefixes, for charjax's commands.
+- `plain_logs`: log lines without absl's prefixes or libraries' chatter, for the commands.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pathlib
 import sys
 import threading
 
+from absl import logging as absl_logging
 import tqdm
 
 TENSORBOARD_DIR = 'tensorboard'
@@ -115,3 +116,16 @@ class PlainFormatter(logging.Formatter):
     if record.levelno >= logging.WARNING:
       return f'{record.levelname.lower()}: {message}'
     return message
+
+
+def quiet_library_logs(record: logging.LogRecord) -> bool:
+  """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
+  noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
+  return record.levelno > logging.INFO or not any(n in record.pathname for n in noisy)
+
+
+def plain_logs() -> None:
+  """For charjax's commands: absl's log lines without prefixes and library chatter."""
+  handler = absl_logging.get_absl_handler().python_handler
+  handler.addFilter(quiet_library_logs)
+  handler.setFormatter(PlainFormatter())

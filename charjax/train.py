@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging as std_logging
 import pathlib
 import sys
 import time
@@ -338,18 +337,10 @@ def make_mesh(config) -> jax.sharding.Mesh:
   return mesh
 
 
-def quiet_library_logs(record) -> bool:
-  """Keeps Orbax's and TFDS's INFO chatter out of the progress display."""
-  noisy = ('orbax', 'tensorflow_datasets', 'jax/_src')
-  return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  handler = logging.get_absl_handler().python_handler
-  handler.addFilter(quiet_library_logs)
-  handler.setFormatter(progress_lib.PlainFormatter())  # no absl prefixes on the lines
+  progress_lib.plain_logs()
   distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                          flags.FLAGS.process_id, auto=flags.FLAGS.distributed)
   try:

@@ -26,6 +26,7 @@ from charjax.study import baseline
 from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
+from charjax import progress
 from charjax.study import report
 from charjax import runs
 from charjax.study import specialise
@@ -103,7 +104,7 @@ def run(workdir, *, quick: bool = False, overrides: dict | None = None) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(train.quiet_library_logs)
+  progress.plain_logs()
   overrides = {k: getattr(flags.FLAGS, k) for k in ('data_dir', 'tfds_dir')
                if getattr(flags.FLAGS, k)}
   try:
