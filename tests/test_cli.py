@@ -92,3 +92,15 @@ def test_os_errors_become_one_line(capsys, err, words):
   assert stopped.value.code == 1
   line = capsys.readouterr().err.strip()
   assert line.startswith('charjax: ') and words in line and err.filename in line
+
+
+def test_packaged_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+  from charjax import cli
+  monkeypatch.chdir(tmp_path)  # outside the repository
+  argv = cli.resolve_config_names(['train', '--config', 'consonants:quick', '--workdir', 'w'])
+  assert argv[2] == f'{REPO / "charjax" / "configs" / "consonants.py"}:quick'
+  argv = cli.resolve_config_names(['train', '--config=all_classes'])
+  assert argv[1] == f'--config={REPO / "charjax" / "configs" / "all_classes.py"}'
+  (tmp_path / 'mine.py').write_text('')
+  assert cli.resolve_config_names(['t', '--config', 'mine.py'])[2] == 'mine.py'
+  assert cli.resolve_config_names(['t', '--config', 'nope'])[2] == 'nope'  # reported later
