@@ -56,8 +56,8 @@ def loop_unroll(impl: str, platform: str | None = None, dtype=jnp.float32) -> in
   """How `train.train_epoch` and `train.evaluate` unroll their loops for conv `impl`.
 
   True (fully unrolled, no XLA `while`) for XLA's convolution on CPU, where a convolution
-  inside a loop body runs orders of magnitude slower (an exp-2 epoch of two steps did not
-  finish in 300 s); 1 (a real loop, fast compiles) everywhere else, charjax's native
+  inside a loop body runs orders of magnitude slower (jax-ml/jax#12868); 1 (a real loop,
+  fast compiles) everywhere else, charjax's native
   kernels included.
   """
   platform = platform or jax.default_backend()

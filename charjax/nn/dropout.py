@@ -1,13 +1,11 @@
 """Dropout whose mask takes 8 or 16 random bits per element instead of 32.
 
-`flax.linen.Dropout` draws a float32 uniform (one threefry call) per element. On 2 CPU
-cores that mask alone took ~750 ms for the 59M activations after the 58-class network's
-first convolution at batch 400, and without its two convolution dropouts that network's
-training epoch took 1895 instead of 2477 ms per batch. `Dropout` here draws 32-bit
-threefry words and compares each of their 4 bytes (or 2 halves) with a threshold: the
-same inverted dropout, with a quarter (or half) of the random-number work; the exp-3
-train step is 1.24x faster than with flax's (`python -m benchmarks.ablations
---model=exp3 --batch=400 --choices=dropout`).
+`flax.linen.Dropout` draws a float32 uniform (one threefry call) per element, which is
+a large part of the 58-class network's step on CPU (its first convolution's output is
+large). `Dropout` here draws 32-bit threefry words and compares each of their 4 bytes (or
+2 halves) with a threshold: the same inverted dropout, with a quarter (or half) of the
+random-number work (measured with `python -m benchmarks.ablations --model=exp3
+--batch=400 --choices=dropout`; docs/benchmarks.md).
 """
 
 from __future__ import annotations

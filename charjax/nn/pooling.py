@@ -19,8 +19,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   Forward is a reshape and a max; the gradient (a custom VJP) is one elementwise pass that
   routes each output's gradient to the first maximum of its window in row-major order
   (TF/Keras's and `nn.max_pool`'s choice where a window has ties). XLA:CPU's
-  select-and-scatter gradient of `nn.max_pool` took ~0.9 s of a ~2.9 s exp-2 train step
-  at batch 800 (`python -m benchmarks.ablations`: 306 vs 425 img/s), and autodiff of the
+  select-and-scatter gradient of `nn.max_pool` is a large part of an exp-2 train step
+  (`python -m benchmarks.ablations`; docs/benchmarks.md), and autodiff of the
   reshape-max takes several passes (equality mask, tie counts, division).
   """
   return _windows(x).max(axis=(2, 4))

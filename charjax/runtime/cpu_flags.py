@@ -1,11 +1,11 @@
 """XLA:CPU options charjax sets before JAX starts its CPU backend.
 
-With jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK by default, whose convolution is
-slow here (its weight gradient especially: ~12 s per exp-2 gradient at batch 800, against
-~1 s for XLA's own Eigen convolution once YNNPACK's convolution fusion is off; charjax's
-patch convolution also gains ~6%; see `benchmarks/`). Importing charjax therefore removes that one fusion type from the default
-list, unless `XLA_FLAGS` already says something about YNNPACK fusions or
-`CHARJAX_KEEP_XLA_FLAGS=1` is set. It must happen before the first JAX computation.
+With jaxlib 0.10, XLA:CPU hands convolutions to YNNPACK by default, whose convolution
+(its weight gradient especially) is much slower here than XLA's own Eigen convolution
+(measured in docs/design.md, XLA:CPU flag). `apply()` (called by
+`charjax.runtime.cpu_settings` for the commands, never on import) removes that one fusion
+type from the default list, unless `XLA_FLAGS` already says something about YNNPACK
+fusions or `CHARJAX_KEEP_XLA_FLAGS=1` is set. It must happen before JAX starts.
 """
 
 from __future__ import annotations

@@ -2,12 +2,11 @@
 
 By default glibc serves every allocation over 32 MB with a fresh `mmap` and returns it to
 the kernel when freed, so the large temporary buffers of every call of a compiled function
-are page-faulted again: an exp-2 epoch function at batch 800 spent ~360 ms per call on
-that (1 batch per call: 1652 ms, against 1291 ms per batch with 8 batches per call).
-Importing charjax therefore asks glibc (`mallopt`) to serve large blocks from its heap and
-to keep freed memory: no mmap, no trimming, one arena (so that threads share the freed
-blocks); with that, 1 batch per call took 1309 ms and 8 batches 1253 ms per batch. The
-price is that the process keeps its peak memory until it exits. Set
+are page-faulted again, a large share of a short call's time (measured in
+docs/design.md, Host memory). `apply()` (called by `charjax.runtime.cpu_settings` for
+the commands, never on import) asks glibc (`mallopt`) to serve large blocks from its heap
+and to keep freed memory: no mmap, no trimming, one arena (so that threads share the
+freed blocks). The price is that the process keeps its peak memory until it exits. Set
 `CHARJAX_KEEP_MALLOC=1` to opt out; nothing changes outside glibc-based Linux.
 """
 
