@@ -19,7 +19,7 @@ def quick_study(prepared_dirs, tmp_path_factory):
   data_dir, tfds_dir = prepared_dirs
   workdir = tmp_path_factory.mktemp('study')
   overrides = {'data_dir': str(data_dir), 'tfds_dir': str(tfds_dir), 'image_size': 16,
-               'batch_size': 32, 'eval_batch_size': 64, 'dense_features': 16,
+               'batch_size': 32, 'eval_batch_size': 64, 'model.dense_features': 16,
                'svc_C': (10.0,), 'svc_gamma': (0.01,), 'conv_impl': 'patches'}
   record = study.run(workdir, quick=True, overrides=overrides)
   return workdir, record, overrides
@@ -71,7 +71,7 @@ def test_exp3_configs_and_subset_cut(quick_study):
   workdir, _, _ = quick_study
   config = json.loads((workdir / 'exp3/cnn/config.json').read_text())
   assert config['augment'] is True and config['subset'] == 'all'
-  assert json.loads((workdir / 'exp3/feature_map/config.json').read_text())[
+  assert json.loads((workdir / 'exp3/feature_map/config.json').read_text())['model'][
       'bottleneck_features'] == 2
   results = json.loads((workdir / 'exp3/svc/results.json').read_text())
   splits = json.loads((workdir / 'exp3/cnn/splits.json').read_text())

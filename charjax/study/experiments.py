@@ -44,16 +44,23 @@ QUICK_SVC = {'C': (10.0,), 'gamma': (0.01, 0.1), 'folds': 2}
 
 
 def _configure(config, overrides: dict):
+  """`config` with each override whose field it has set (`'model.dense_features'` reaches
+  into a sub-config)."""
   for key, value in overrides.items():
-    if key in config:
-      config[key] = value
+    *sections, field = key.split('.')
+    target = config
+    for section in sections:
+      target = target.get(section) if hasattr(target, 'get') else None
+    if target is not None and field in target:
+      target[field] = value
   return config
 
 
 def steps(*, quick: bool = False, overrides: dict | None = None):
   """[(name, relative workdir, function of the absolute workdir)] in the study's order.
 
-  `overrides` (e.g. data_dir, image_size) apply to every config that has the field.
+  `overrides` (e.g. data_dir, image_size, model.dense_features) apply to every config
+  that has the field.
   """
   overrides = dict(overrides or {})
   variant = 'quick' if quick else ''
