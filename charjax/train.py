@@ -280,7 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           val = _summarise(distributed.to_host(evaluate(
               state, images['validation'], labels['validation'],
               batch_size=eval_bs['validation'], unroll=unroll)))
-          record = _epoch_record(epoch, _summarise(train), val, seconds, num_train,
+          val_seconds = time.perf_counter() - tick - seconds
+          record = _epoch_record(epoch, _summarise(train), val, seconds, val_seconds, num_train,
                                  float(learning_rate((epoch - 1) * steps_per_epoch)),
                                  best=log.improves(val['loss']))
           if record['best']:
@@ -306,10 +307,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return results
 
 
-def _epoch_record(epoch, train, val, seconds, num_train, learning_rate, *, best) -> dict:
+def _epoch_record(epoch, train, val, seconds, val_seconds, num_train, learning_rate, *,
+                  best) -> dict:
   return {'epoch': epoch, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
           'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-          'epoch_seconds': seconds, 'images_per_s': num_train / seconds,
+          'epoch_seconds': seconds, 'val_seconds': val_seconds,
+          'images_per_s': num_train / seconds,
           'learning_rate': learning_rate, 'best': best}
 
 

@@ -22,7 +22,7 @@ from charjax import train
 from tests.test_train import REPO
 from tests.test_train import tiny_config
 
-_TIMING = ('epoch_seconds', 'images_per_s')
+_TIMING = ('epoch_seconds', 'val_seconds', 'images_per_s')
 
 
 def _curve(workdir):

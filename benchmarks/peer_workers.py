@@ -1,0 +1,149 @@
+"""The study's networks trained as Keras and PyTorch users train them, one epoch at a time.
+
+A standalone script (numpy and the framework only: no charjax, no JAX, no absl), run by
+`benchmarks.end_to_end` in a process of its own, with any Python that has the framework:
+
+  python benchmarks/peer_workers.py --framework keras --spec spec.json
+
+`spec.json` gives the data (`.npz` with x_train, y_train, x_val, y_val: NHWC float32 in
+[0, 1], int labels), the layers, classes, batch size, epochs and RMSprop settings. Each
+framework trains for `epochs` epochs with validation after each, and prints one JSON line:
+the wall-clock seconds of every epoch (training and validation), the parameter count and
+the final losses. Frameworks:
+
+- `keras`: Keras 3 `model.fit` on the in-memory arrays with `validation_data`, as the
+  study trains (`jit_compile='auto'`, Keras's default); `keras_jit`: `jit_compile=True`;
+  `keras_eager`: `jit_compile=False`.
+- `torch`: a standard PyTorch loop (shuffled index batches, `zero_grad`, `backward`,
+  `step`; validation under `no_grad`), eager; `torch_cl`: the same in channels_last;
+  `torch_compile`: the model wrapped in `torch.compile`; `torch_compile_cl`: both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def keras_run(spec: dict, data, jit_compile) -> dict:
+  os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  size = spec['image_size']
+  layers = [keras.Input((size, size, 1))]
+  for kind, *arg in spec['layers']:
+    layers.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
+                   'pool': lambda: keras.layers.MaxPooling2D(2),
+                   'drop': lambda: keras.layers.Dropout(arg[0]),
+                   'flat': keras.layers.Flatten,
+                   'dense': lambda: keras.layers.Dense(arg[0], activation='relu')}[kind]())
+  model = keras.Sequential(layers + [keras.layers.Dense(spec['classes'],
+                                                        activation='softmax')])
+  model.compile(optimizer=keras.optimizers.RMSprop(spec['learning_rate'], rho=spec['rho'],
+                                                   epsilon=spec['epsilon']),
+                loss='sparse_categorical_crossentropy', metrics=['accuracy'],
+                jit_compile=jit_compile)
+  seconds = []
+
+  class EpochTimes(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+      self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):  # after the epoch's validation
+      seconds.append(time.perf_counter() - self.start)
+
+  history = model.fit(data['x_train'], data['y_train'], batch_size=spec['batch_size'],
+                      epochs=spec['epochs'], validation_data=(data['x_val'], data['y_val']),
+                      shuffle=True, verbose=0, callbacks=[EpochTimes()])
+  return {'epoch_seconds': seconds, 'params': int(model.count_params()),
+          'train_loss': float(history.history['loss'][-1]),
+          'val_loss': float(history.history['val_loss'][-1])}
+
+
+def torch_run(spec: dict, data, compiled: bool, channels_last: bool) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  layers, channels, side = [], 1, spec['image_size']
+  for kind, *arg in spec['layers']:
+    if kind == 'conv':
+      layers += [nn.Conv2d(channels, arg[0], 3), nn.ReLU()]
+      channels, side = arg[0], side - 2
+    elif kind == 'pool':
+      layers.append(nn.MaxPool2d(2))
+      side //= 2
+    elif kind == 'drop':
+      layers.append(nn.Dropout(arg[0]))
+    elif kind == 'flat':
+      layers.append(nn.Flatten())
+      channels = channels * side * side
+    else:
+      layers += [nn.Linear(channels, arg[0]), nn.ReLU()]
+      channels = arg[0]
+  model = nn.Sequential(*layers, nn.Linear(channels, spec['classes']))
+  params = sum(p.numel() for p in model.parameters())
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  model = model.to(memory_format=fmt)
+  # torch's RMSprop adds eps outside the square root, as Keras does.
+  opt = torch.optim.RMSprop(model.parameters(), lr=spec['learning_rate'], alpha=spec['rho'],
+                            eps=spec['epsilon'])
+  net = torch.compile(model) if compiled else model
+  to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+  x_train = to_nchw(data['x_train']).contiguous(memory_format=fmt)
+  x_val = to_nchw(data['x_val']).contiguous(memory_format=fmt)
+  y_train = torch.from_numpy(data['y_train'].astype(np.int64))
+  y_val = torch.from_numpy(data['y_val'].astype(np.int64))
+  batch, seconds = spec['batch_size'], []
+  for _ in range(spec['epochs']):
+    start = time.perf_counter()
+    model.train()
+    total = 0.0
+    for idx in torch.randperm(len(y_train)).split(batch):
+      opt.zero_grad(set_to_none=True)
+      loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
+      loss.backward()
+      opt.step()
+      total += loss.item() * len(idx)
+    model.eval()
+    val = 0.0
+    with torch.no_grad():
+      for start_i in range(0, len(y_val), batch):
+        xb, yb = x_val[start_i:start_i + batch], y_val[start_i:start_i + batch]
+        val += nn.functional.cross_entropy(net(xb), yb, reduction='sum').item()
+    seconds.append(time.perf_counter() - start)
+  return {'epoch_seconds': seconds, 'params': int(params),
+          'train_loss': total / len(y_train), 'val_loss': val / len(y_val)}
+
+
+FRAMEWORKS = {
+    'keras': lambda s, d: keras_run(s, d, 'auto'),
+    'keras_jit': lambda s, d: keras_run(s, d, True),
+    'keras_eager': lambda s, d: keras_run(s, d, False),
+    'torch': lambda s, d: torch_run(s, d, compiled=False, channels_last=False),
+    'torch_cl': lambda s, d: torch_run(s, d, compiled=False, channels_last=True),
+    'torch_compile': lambda s, d: torch_run(s, d, compiled=True, channels_last=False),
+    'torch_compile_cl': lambda s, d: torch_run(s, d, compiled=True, channels_last=True),
+}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--framework', choices=sorted(FRAMEWORKS), required=True)
+  parser.add_argument('--spec', required=True)
+  args = parser.parse_args()
+  spec = json.loads(open(args.spec).read())
+  with np.load(spec['data']) as npz:
+    data = {k: npz[k] for k in npz.files}
+  try:
+    result = FRAMEWORKS[args.framework](spec, data)
+  except ImportError as e:
+    result = {'missing': str(e)}
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  main()
