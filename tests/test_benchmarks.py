@@ -212,3 +212,30 @@ def test_accelerators_benchmark_writes_json_and_table_on_cpu(nhcd_zip_dir, tmp_p
   assert all(e['seconds'] > 0 and e['devices'] == 2 for e in result['end_to_end'])
   text = table.read_text()
   assert '| exp2 | bfloat16 | 4 | 2 | epoch |' in text and 'exp3 all classes' in text
+
+
+@pytest.mark.slow  # starts charjax's command twice; the peers only where installed
+def test_end_to_end_benchmark_on_generated_data(prepared_dirs, tmp_path):
+  """charjax's run is timed from its metrics (training + validation per epoch); peers that
+  are installed for this Python are trained too and checked for the same parameter count."""
+  import importlib.util
+  data_dir, tfds_dir = prepared_dirs
+  peers = [p for p, module in (('keras', 'keras'), ('torch', 'torch'))
+           if importlib.util.find_spec(module)]
+  out = tmp_path / 'e2e.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.end_to_end', '--config=numerals',
+       f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
+       '--config.image_size=16', '--config.model.conv_features=(16, 32)',
+       '--config.model.dense_features=8', '--config.batch_size=32', '--epochs=2',
+       '--rounds=2', '--pause=0', f'--peers={",".join(peers)}', f'--out={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  assert len(result['rounds']) == 2 and result['train_images'] > 0
+  for r in result['rounds']:
+    run = r['runs']['charjax']
+    assert len(run['epoch_seconds']) == 2 and run['images_per_s'] > 0
+    assert set(r['runs']) == {'charjax', *peers}
+  assert set(result['median_images_per_s']) == {'charjax', *peers}
+  assert out.with_suffix('.md').read_text().startswith('| framework |')
