@@ -29,20 +29,47 @@ import time
 import numpy as np
 
 
+def keras_model(layers: list, classes: int, image_size: int):
+  """The network of `layers` (see `spec`) as a Keras 3 Sequential, softmax output."""
+  os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+  import keras  # pylint: disable=g-import-not-at-top
+  stack = [keras.Input((image_size, image_size, 1))]
+  for kind, *arg in layers:
+    stack.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
+                  'pool': lambda: keras.layers.MaxPooling2D(2),
+                  'drop': lambda: keras.layers.Dropout(arg[0]),
+                  'flat': keras.layers.Flatten,
+                  'dense': lambda: keras.layers.Dense(arg[0], activation='relu')}[kind]())
+  return keras.Sequential(stack + [keras.layers.Dense(classes, activation='softmax')])
+
+
+def torch_model(layers: list, classes: int, image_size: int):
+  """The network of `layers` as a PyTorch `nn.Sequential` returning logits."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  modules, channels, side = [], 1, image_size
+  for kind, *arg in layers:
+    if kind == 'conv':
+      modules += [nn.Conv2d(channels, arg[0], 3), nn.ReLU()]
+      channels, side = arg[0], side - 2
+    elif kind == 'pool':
+      modules.append(nn.MaxPool2d(2))
+      side //= 2
+    elif kind == 'drop':
+      modules.append(nn.Dropout(arg[0]))
+    elif kind == 'flat':
+      modules.append(nn.Flatten())
+      channels = channels * side * side
+    else:
+      modules += [nn.Linear(channels, arg[0]), nn.ReLU()]
+      channels = arg[0]
+  return nn.Sequential(*modules, nn.Linear(channels, classes))
+
+
 def keras_run(spec: dict, data, jit_compile) -> dict:
   os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
   import keras  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
-  size = spec['image_size']
-  layers = [keras.Input((size, size, 1))]
-  for kind, *arg in spec['layers']:
-    layers.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
-                   'pool': lambda: keras.layers.MaxPooling2D(2),
-                   'drop': lambda: keras.layers.Dropout(arg[0]),
-                   'flat': keras.layers.Flatten,
-                   'dense': lambda: keras.layers.Dense(arg[0], activation='relu')}[kind]())
-  model = keras.Sequential(layers + [keras.layers.Dense(spec['classes'],
-                                                        activation='softmax')])
+  model = keras_model(spec['layers'], spec['classes'], spec['image_size'])
   model.compile(optimizer=keras.optimizers.RMSprop(spec['learning_rate'], rho=spec['rho'],
                                                    epsilon=spec['epsilon']),
                 loss='sparse_categorical_crossentropy', metrics=['accuracy'],
@@ -68,23 +95,7 @@ def torch_run(spec: dict, data, compiled: bool, channels_last: bool) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  layers, channels, side = [], 1, spec['image_size']
-  for kind, *arg in spec['layers']:
-    if kind == 'conv':
-      layers += [nn.Conv2d(channels, arg[0], 3), nn.ReLU()]
-      channels, side = arg[0], side - 2
-    elif kind == 'pool':
-      layers.append(nn.MaxPool2d(2))
-      side //= 2
-    elif kind == 'drop':
-      layers.append(nn.Dropout(arg[0]))
-    elif kind == 'flat':
-      layers.append(nn.Flatten())
-      channels = channels * side * side
-    else:
-      layers += [nn.Linear(channels, arg[0]), nn.ReLU()]
-      channels = arg[0]
-  model = nn.Sequential(*layers, nn.Linear(channels, spec['classes']))
+  model = torch_model(spec['layers'], spec['classes'], spec['image_size'])
   params = sum(p.numel() for p in model.parameters())
   fmt = torch.channels_last if channels_last else torch.contiguous_format
   model = model.to(memory_format=fmt)

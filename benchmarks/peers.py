@@ -28,6 +28,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import peer_workers
 from benchmarks import timing
 from charjax import cli
 
@@ -56,14 +57,7 @@ def keras_step(name: str, batch: int):
   os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
   import keras
   _, classes, lr = timing.MODELS[name]
-  layers = [keras.Input((SIZE, SIZE, 1))]
-  for kind, *arg in LAYERS[name]:
-    layers.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
-                   'pool': lambda: keras.layers.MaxPooling2D(2),
-                   'drop': lambda: keras.layers.Dropout(arg[0]),
-                   'flat': keras.layers.Flatten,
-                   'dense': lambda: keras.layers.Dense(arg[0], activation='relu')}[kind]())
-  model = keras.Sequential(layers + [keras.layers.Dense(classes, activation='softmax')])
+  model = peer_workers.keras_model(LAYERS[name], classes, SIZE)
   model.compile(optimizer=keras.optimizers.RMSprop(lr, rho=RHO, epsilon=EPS),
                 loss='sparse_categorical_crossentropy', metrics=['accuracy'])
   rng = np.random.default_rng(0)
@@ -77,23 +71,7 @@ def torch_step(name: str, batch: int):
   import torch
   from torch import nn
   _, classes, lr = timing.MODELS[name]
-  layers, channels, side = [], 1, SIZE
-  for kind, *arg in LAYERS[name]:
-    if kind == 'conv':
-      layers += [nn.Conv2d(channels, arg[0], 3), nn.ReLU()]
-      channels, side = arg[0], side - 2
-    elif kind == 'pool':
-      layers.append(nn.MaxPool2d(2))
-      side //= 2
-    elif kind == 'drop':
-      layers.append(nn.Dropout(arg[0]))
-    elif kind == 'flat':
-      layers.append(nn.Flatten())
-      channels = channels * side * side
-    else:
-      layers += [nn.Linear(channels, arg[0]), nn.ReLU()]
-      channels = arg[0]
-  model = nn.Sequential(*layers, nn.Linear(channels, classes))
+  model = peer_workers.torch_model(LAYERS[name], classes, SIZE)
   # torch's RMSprop adds eps outside the square root, as Keras 2 does.
   opt = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=RHO, eps=EPS)
   x = torch.rand(batch, 1, SIZE, SIZE)
