@@ -13,6 +13,9 @@ with validation after every epoch, in a process of its own:
   and PyTorch that need not have charjax or JAX (nothing of charjax's settings reaches
   them: their environment drops `XLA_FLAGS` and charjax's variables).
 
+With `config.augment` on (experiment 3), every framework applies the study's random
+rotation and zoom to each training image (see `peer_workers`).
+
 Runs are interleaved: every round starts each framework once, in a shuffled order, with
 `--pause` idle seconds before each. A run's speed is the median over its epochs after the
 first (which holds compilation) of training images per second. Per round, charjax's speed
@@ -25,6 +28,7 @@ keeps every round's raw per-epoch seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -44,6 +48,7 @@ from ml_collections import config_flags
 from benchmarks import timing
 from charjax import cli
 from charjax import train
+from charjax.data import augment
 from charjax.data import input_pipeline
 
 _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Epochs per run (the first is not timed).')
@@ -143,7 +148,8 @@ def main(argv):
           'classes': len(data.class_names), 'image_size': config.image_size,
           'batch_size': config.batch_size, 'epochs': _EPOCHS.value,
           'learning_rate': config.optimizer.learning_rate, 'rho': config.optimizer.rho,
-          'epsilon': config.optimizer.epsilon}
+          'epsilon': config.optimizer.epsilon,
+          'augment': dataclasses.asdict(aug) if (aug := augment.from_config(config)) else None}
   (tmp / 'spec.json').write_text(json.dumps(spec))
   args = config_args(sys.argv)
   frameworks = ['charjax', *_PEERS.value]
@@ -187,7 +193,8 @@ def main(argv):
       'train_images': num_train, 'validation_images': num_val, 'epochs': _EPOCHS.value,
       'machine': {'platform': platform.platform(), 'cpus': os.cpu_count(),
                   'jax': jax.__version__, 'backend': jax.default_backend()},
-      'peer_python': _PEER_PYTHON.value, 'rounds': rounds,
+      'peer_python': _PEER_PYTHON.value,
+      'peer_spec': {k: v for k, v in spec.items() if k != 'data'}, 'rounds': rounds,
       'median_images_per_s': summary, 'charjax_over_peer': per_peer,
       'charjax_over_fastest_peer': float(np.median(ratios)) if ratios else None,
       'ratios_per_round': ratios,

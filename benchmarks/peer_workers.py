@@ -6,7 +6,9 @@ A standalone script (numpy and the framework only: no charjax, no JAX, no absl),
   python benchmarks/peer_workers.py --framework keras --spec spec.json
 
 `spec.json` gives the data (`.npz` with x_train, y_train, x_val, y_val: NHWC float32 in
-[0, 1], int labels), the layers, classes, batch size, epochs and RMSprop settings. Each
+[0, 1], int labels), the layers, classes, batch size, epochs, RMSprop settings and,
+optionally, `augment` ({max_rotation_degrees, max_zoom}: experiment 3's random rotation
+and zoom of every training image, drawn per image, bilinear, zero outside). Each
 framework trains for `epochs` epochs with validation after each, and prints one JSON line:
 the wall-clock seconds of every epoch (training and validation), the parameter count and
 the final losses. Frameworks:
@@ -14,9 +16,15 @@ the final losses. Frameworks:
 - `keras`: Keras 3 `model.fit` on the in-memory arrays with `validation_data`, as the
   study trains (`jit_compile='auto'`, Keras's default); `keras_jit`: `jit_compile=True`;
   `keras_eager`: `jit_compile=False`.
+  With `augment`, Keras's preprocessing layers `RandomRotation` and `RandomZoom` lead the
+  model (active in training only, as Keras users add them).
 - `torch`: a standard PyTorch loop (shuffled index batches, `zero_grad`, `backward`,
   `step`; validation under `no_grad`), eager; `torch_cl`: the same in channels_last;
   `torch_compile`: the model wrapped in `torch.compile`; `torch_compile_cl`: both.
+  With `augment`, each training batch is warped on the fly by `affine_grid` +
+  `grid_sample` with a rotation and zoom drawn per image (what torchvision's v2
+  `RandomAffine` computes for a tensor, but with per-image draws; torchvision itself is
+  not used because its wheels are built for one exact torch release).
 """
 
 from __future__ import annotations
@@ -29,11 +37,16 @@ import time
 import numpy as np
 
 
-def keras_model(layers: list, classes: int, image_size: int):
+def keras_model(layers: list, classes: int, image_size: int, augment: dict | None = None):
   """The network of `layers` (see `spec`) as a Keras 3 Sequential, softmax output."""
   os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
   import keras  # pylint: disable=g-import-not-at-top
   stack = [keras.Input((image_size, image_size, 1))]
+  if augment:
+    stack += [keras.layers.RandomRotation(augment['max_rotation_degrees'] / 360.0,
+                                          fill_mode='constant', fill_value=0.0),
+              keras.layers.RandomZoom(augment['max_zoom'], fill_mode='constant',
+                                      fill_value=0.0)]
   for kind, *arg in layers:
     stack.append({'conv': lambda: keras.layers.Conv2D(arg[0], 3, activation='relu'),
                   'pool': lambda: keras.layers.MaxPooling2D(2),
@@ -69,7 +82,7 @@ def keras_run(spec: dict, data, jit_compile) -> dict:
   os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
   import keras  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
-  model = keras_model(spec['layers'], spec['classes'], spec['image_size'])
+  model = keras_model(spec['layers'], spec['classes'], spec['image_size'], spec.get('augment'))
   model.compile(optimizer=keras.optimizers.RMSprop(spec['learning_rate'], rho=spec['rho'],
                                                    epsilon=spec['epsilon']),
                 loss='sparse_categorical_crossentropy', metrics=['accuracy'],
@@ -91,6 +104,22 @@ def keras_run(spec: dict, data, jit_compile) -> dict:
           'val_loss': float(history.history['val_loss'][-1])}
 
 
+def torch_augment(images, max_rotation_degrees: float, max_zoom: float):
+  """Each NCHW image rotated and zoomed about its centre by its own random draw."""
+  import math  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+  n = images.shape[0]
+  angle = (torch.rand(n) * 2 - 1) * math.radians(max_rotation_degrees)
+  scale = 1 + (torch.rand(n) * 2 - 1) * max_zoom
+  cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+  zero = torch.zeros(n)
+  theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+  grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+  return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros',
+                       align_corners=False)
+
+
 def torch_run(spec: dict, data, compiled: bool, channels_last: bool) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
@@ -108,14 +137,17 @@ def torch_run(spec: dict, data, compiled: bool, channels_last: bool) -> dict:
   x_val = to_nchw(data['x_val']).contiguous(memory_format=fmt)
   y_train = torch.from_numpy(data['y_train'].astype(np.int64))
   y_val = torch.from_numpy(data['y_val'].astype(np.int64))
-  batch, seconds = spec['batch_size'], []
+  batch, seconds, augment = spec['batch_size'], [], spec.get('augment')
   for _ in range(spec['epochs']):
     start = time.perf_counter()
     model.train()
     total = 0.0
     for idx in torch.randperm(len(y_train)).split(batch):
       opt.zero_grad(set_to_none=True)
-      loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
+      xb = x_train[idx]
+      if augment:
+        xb = torch_augment(xb, **augment).contiguous(memory_format=fmt)
+      loss = nn.functional.cross_entropy(net(xb), y_train[idx])
       loss.backward()
       opt.step()
       total += loss.item() * len(idx)

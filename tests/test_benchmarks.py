@@ -227,12 +227,14 @@ def test_end_to_end_benchmark_on_generated_data(prepared_dirs, tmp_path):
       [sys.executable, '-m', 'benchmarks.end_to_end', '--config=numerals',
        f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
        '--config.image_size=16', '--config.model.conv_features=(16, 32)',
-       '--config.model.dense_features=8', '--config.batch_size=32', '--epochs=2',
-       '--rounds=2', '--pause=0', f'--peers={",".join(peers)}', f'--out={out}'],
+       '--config.model.dense_features=8', '--config.batch_size=32', '--config.augment=True',
+       '--epochs=2', '--rounds=2', '--pause=0', f'--peers={",".join(peers)}', f'--out={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert len(result['rounds']) == 2 and result['train_images'] > 0
+  # The peers are given charjax's augmentation (experiment 3's rotation and zoom).
+  assert result['peer_spec']['augment'] == {'max_rotation_degrees': 15.0, 'max_zoom': 0.2}
   for r in result['rounds']:
     run = r['runs']['charjax']
     assert len(run['epoch_seconds']) == 2 and run['images_per_s'] > 0
