@@ -20,17 +20,20 @@ from charjax.nn import models
 # Run-wide field name -> accepted Python type. charjax/configs/default.py declares these.
 FIELDS = {
     'dataset': str, 'subset': str, 'data_dir': str, 'tfds_dir': str, 'image_size': int,
-    'split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
+    'split': str, 'test_split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
     'model': dict, 'optimizer': dict, 'conv_impl': str, 'dtype': str,
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
-    'checkpoint_every_epochs': int, 'num_devices': int,
+    'checkpoint_every_epochs': int, 'num_devices': int, 'init_from': str,
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
 }
 
 # Run-wide fields added after runs had been saved without them, each with the value that
 # reproduces how those runs were trained.
 ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom': 0.2,
-               'num_devices': 0, 'dtype': 'float32'}
+               'num_devices': 0, 'dtype': 'float32',
+               # Older runs carved their test split; 'auto' does so too on the data they
+               # had (data.json refuses a resume on data with an official test split).
+               'test_split': 'auto', 'init_from': ''}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.
@@ -94,6 +97,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems.append(str(e))
   need(config.split in ('stratified', 'writer'), f'split={config.split!r} is not '
        '"stratified" or "writer"')
+  need(config.test_split in ('auto', 'official', 'carved'),
+       f'test_split={config.test_split!r} is not "auto", "official" or "carved"')
   need(config.image_size >= 8, f'image_size={config.image_size} must be at least 8')
   need(0 < config.test_fraction < 1, f'test_fraction={config.test_fraction} not in (0, 1)')
   need(0 < config.val_fraction < 1, f'val_fraction={config.val_fraction} not in (0, 1)')

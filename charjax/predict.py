@@ -88,7 +88,7 @@ def crop_to_ink(image: np.ndarray, margin: float = MARGIN) -> np.ndarray:
   return out
 
 
-def _stretch_and_crop(grey: np.ndarray, dark: bool) -> np.ndarray:
+def _stretch_and_crop(grey: np.ndarray, dark: bool, margin: float = MARGIN) -> np.ndarray:
   """For photos and scans: ink bright, contrast stretched from the border's level to the
   brightest ink, cropped to the ink; returned on the 0..255 scale, dark ink again if
   `dark` (so that `to_model_input` inverts it as usual)."""
@@ -97,21 +97,23 @@ def _stretch_and_crop(grey: np.ndarray, dark: bool) -> np.ndarray:
   ground, top = float(np.median(border)), float(bright.max())
   if top - ground < _MIN_CONTRAST:
     raise ValueError('image is blank (no ink found)')
-  cropped = crop_to_ink(np.clip((bright - ground) / (top - ground), 0.0, 1.0)) * 255.0
+  cropped = crop_to_ink(np.clip((bright - ground) / (top - ground), 0.0, 1.0), margin) * 255.0
   return (255.0 - cropped) if dark else cropped
 
 
-def to_input(grey: np.ndarray, size: int, *, crop: bool = False) -> np.ndarray:
+def to_input(grey: np.ndarray, size: int, *, crop: bool = False,
+             margin: float = MARGIN) -> np.ndarray:
   """(size, size, 1) float32 model input from grey levels (0..255, any polarity).
 
   The ink's polarity is judged from the border; then the training preprocessing
   (`preprocess.to_model_input`) makes the input, so that an image of the dataset gives the
   very pixels training gave. With `crop`, the character is first contrast-stretched and
-  cropped to its bounding box with a margin (for photos or scans with wide margins).
+  cropped to its bounding box with `margin` (a fraction of its longer side) around it (for
+  photos or scans with wide margins, and drawings).
   """
   dark = preprocess.ink_is_dark(grey)
   if crop:
-    grey = _stretch_and_crop(grey, dark)
+    grey = _stretch_and_crop(grey, dark, margin)
   return preprocess.to_model_input([grey[..., None]], ink_is_dark=dark, image_size=size)[0]
 
 

@@ -38,6 +38,7 @@ from charjax import configuration
 from charjax import optim
 from charjax import progress as progress_lib
 from charjax import rundir
+from charjax import transfer
 from charjax.data import augment
 from charjax.data import input_pipeline
 from charjax.data import splits as splits_lib
@@ -69,6 +70,17 @@ def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
   tx = optim.create(config.optimizer, steps_per_epoch=steps_per_epoch,
                     num_epochs=config.num_epochs)
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def initial_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
+                  steps_per_epoch: int) -> tuple[train_state.TrainState, dict | None]:
+  """The state a run starts from: fresh, or with `config.init_from`'s trained parameters
+  where they fit (`charjax.transfer`); and the record of that transfer (None if fresh)."""
+  state = create_train_state(config, model, rng, config.image_size, steps_per_epoch)
+  if not config.init_from:
+    return state, None
+  params, record = transfer.init_from(config.init_from, state.params)
+  return state.replace(params=params), record
 
 
 def check_model(config: ml_collections.ConfigDict, model) -> None:
@@ -257,8 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     learning_rate = optim.schedule(config.optimizer, steps_per_epoch=steps_per_epoch,
                                    num_epochs=config.num_epochs)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = sharding.put_replicated(mesh, create_train_state(
-        config, model, init_rng, config.image_size, steps_per_epoch))
+    state, pretrained = initial_state(config, model, init_rng, steps_per_epoch)
+    state = sharding.put_replicated(mesh, state)
 
     with checkpointing.manager(workdir / rundir.CHECKPOINTS) as checkpoints:
       done = checkpoints.latest_step() or 0
@@ -301,6 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         predictions = test.pop('predictions')
         results = rundir.results(config, log, _summarise(test), predictions, data,
                                  resumed_from=done, started=started, mesh=mesh)
+        if pretrained:
+          results['initialised_from'] = pretrained
     rundir.write_results(workdir, results)
     logging.info('test accuracy %.2f%% (best epoch %d); results in %s',
                  100 * results['test_accuracy'], log.best_epoch, workdir / 'results.json')

@@ -64,16 +64,20 @@ def nhcd_files(writers: int = 3, samples: int = 2, size: int = 28, seed: int = 0
   return files
 
 
-def dhcd_files(per_class: int = 3, size: int = 32, suffix: bool = False) -> dict[str, bytes]:
-  """{path: bytes} of a miniature DHCD Train split (PNG, light ink on dark)."""
+def dhcd_files(per_class: int = 3, size: int = 32, suffix: bool = False,
+               test_per_class: int = 0) -> dict[str, bytes]:
+  """{path: bytes} of a miniature DHCD (PNG, light ink on dark): a Train split, and a Test
+  split of `test_per_class` images per class when that is positive (as UCI's archive)."""
   rng = np.random.default_rng(1)
   files = {}
-  for label, c in enumerate(classes.DHCD_CLASSES):
-    folder = f'{c.folder}_{c.latin}' if suffix and c.folder.startswith('character') else c.folder
-    for i in range(per_class):
-      image = character_image(label, size, rng, dark_ink=False)
-      files[f'DevanagariHandwrittenCharacterDataset/Train/{folder}/{label * 100 + i}.png'] = (
-          encode(image, 'PNG'))
+  for split, count in (('Train', per_class), ('Test', test_per_class)):
+    for label, c in enumerate(classes.DHCD_CLASSES):
+      folder = (f'{c.folder}_{c.latin}' if suffix and c.folder.startswith('character')
+                else c.folder)
+      for i in range(count):
+        image = character_image(label, size, rng, dark_ink=False)
+        files[f'DevanagariHandwrittenCharacterDataset/{split}/{folder}/{label * 100 + i}.png'] = (
+            encode(image, 'PNG'))
   return files
 
 
@@ -118,6 +122,22 @@ def prepared_dirs(nhcd_zip_dir, tmp_path_factory):
 
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def real_numerals_run(tmp_path_factory):
+  """(workdir, results) of experiment 2 on the real NHCD numerals, 15 epochs, trained once
+  per session for the slow tests that need a network that really reads characters."""
+  if not (SHARED_DATA / 'nhcd.zip').exists():
+    pytest.skip('no ../shared/data')
+  from charjax import train
+  from charjax.configs import numerals
+  root = tmp_path_factory.mktemp('real_numerals')
+  config = numerals.get_config()
+  config.data_dir, config.tfds_dir = str(SHARED_DATA), str(root / 'tfds')
+  config.num_epochs = 15
+  results = train.train_and_evaluate(config, str(root / 'run'))
+  return root / 'run', results
 
 
 @pytest.fixture(scope='session')

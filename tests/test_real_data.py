@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from charjax.data import input_pipeline
-from charjax import train
-from charjax.configs import numerals
 from tests.conftest import SHARED_DATA
 
 pytestmark = [
@@ -17,21 +15,18 @@ pytestmark = [
 ]
 
 
-def test_real_nhcd_counts_and_first_epochs_of_numerals(tmp_path):
+def test_real_nhcd_counts_and_first_epochs_of_numerals(tmp_path, real_numerals_run):
   examples = input_pipeline.load_examples('nhcd', 'all', data_dir=SHARED_DATA,
                                           tfds_dir=tmp_path / 'tfds')
   assert len(examples.labels) == 12_912
   assert len(set(examples.writer_ids)) >= 30
 
-  config = numerals.get_config()
-  config.data_dir, config.tfds_dir = str(SHARED_DATA), str(tmp_path / 'tfds')
-  config.num_epochs = 15
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  workdir, results = real_numerals_run  # numerals, 15 epochs
   assert results['split_sizes'] == {'train': 2017, 'validation': 431, 'test': 432}
-  val = [json.loads(l)['val_accuracy'] for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  val = [json.loads(l)['val_accuracy'] for l in open(workdir / 'metrics.jsonl')]
   assert max(val) >= 0.90, val
   # predict on the test split's own files scores what the training preprocessing scored
-  accuracy = predict_accuracy_on_test_split(tmp_path / 'run', SHARED_DATA / 'nhcd.zip',
+  accuracy = predict_accuracy_on_test_split(workdir, SHARED_DATA / 'nhcd.zip',
                                             tmp_path / 'files')
   assert abs(accuracy - results['test_accuracy']) < 0.002, (accuracy, results['test_accuracy'])
 

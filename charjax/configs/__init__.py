@@ -13,6 +13,7 @@ it) and change a few. Variants: '' (the config as documented) and 'quick' (a smo
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 import ml_collections
@@ -44,3 +45,11 @@ def names() -> list[str]:
   """The packaged configs' names."""
   return sorted(p.stem for p in pathlib.Path(__file__).parent.glob('*.py')
                 if p.stem != '__init__')
+
+
+def get(name: str) -> ml_collections.ConfigDict:
+  """The packaged config `name`, with an optional variant: `get('consonants:quick')`."""
+  base, _, variant = name.partition(':')
+  if path_of(base) is None:
+    raise ValueError(f'no packaged config {base!r}; the configs are {", ".join(names())}.')
+  return importlib.import_module(f'{__name__}.{base}').get_config(variant)

@@ -24,6 +24,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.tfds_dir = ''               # prepared data; '' = $CHARJAX_TFDS_DIR or ~/tensorflow_datasets
   config.image_size = 36             # the study's input (our copy of NHCD is 28x28)
   config.split = 'stratified'        # 'stratified' (the study's) or 'writer' (writer-disjoint)
+  # Test split: 'auto' = the publisher's (DHCD's Test/) where the data have one, else
+  # carved; 'official'; 'carved' = test_fraction held out of the training split (the study's).
+  config.test_split = 'auto'
   config.test_fraction = 0.15
   config.val_fraction = 0.176
   config.split_seed = 1
@@ -46,6 +49,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.num_epochs = 180
   config.seed = 0
   config.checkpoint_every_epochs = 10
+  # A finished run to start from (fine-tuning): its parameters where they fit, all but the
+  # output layer (charjax.transfer); '' = a fresh initialisation.
+  config.init_from = ''
   # Devices of the data-parallel mesh (0: every device JAX sees); each batch is split over
   # them. It may change when a run is resumed.
   config.num_devices = 0

@@ -27,6 +27,14 @@ class Examples:
   file_names: np.ndarray
   writer_ids: np.ndarray
   class_names: list[str]
+  # The publisher's split of each example ('train', or 'test' for an official test split).
+  official_splits: np.ndarray | None = None
+
+
+# How the test split is made (`config.test_split`): 'official', the publisher's test split
+# (validation carved from its training split); 'carved', `test_fraction` held out of the
+# training split (the study's protocol); 'auto', official where the prepared data have one.
+TEST_SPLITS = ('auto', 'official', 'carved')
 
 
 @dataclasses.dataclass
@@ -36,6 +44,9 @@ class SplitArrays:
   labels: dict[str, np.ndarray]
   indices: dict[str, np.ndarray]
   class_names: list[str]
+  # 'official' or 'carved' (see TEST_SPLITS) and a sentence saying what that was here.
+  test_protocol: str = 'carved'
+  test_protocol_detail: str = ''
 
 
 def num_classes(dataset: str, subset: str) -> int:
@@ -135,18 +146,36 @@ def _text(value) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
-def load_examples(dataset: str, subset: str = 'all', *, data_dir=None,
-                  tfds_dir=None) -> Examples:
-  """Prepares (if needed) and reads every example of the `train` split into memory."""
+def official_test_split(dataset: str, subset: str = 'all', *, data_dir=None,
+                        tfds_dir=None) -> bool:
+  """Whether the prepared `dataset`/`subset` holds the publisher's `test` split."""
   builder = prepare(dataset, subset, data_dir=data_dir, tfds_dir=tfds_dir)
-  records = sorted(_read_all(builder.as_data_source()['train']),
-                   key=lambda r: _text(r['file_name']))
+  return 'test' in builder.info.splits
+
+
+def load_examples(dataset: str, subset: str = 'all', *, data_dir=None, tfds_dir=None,
+                  splits: tuple[str, ...] = ('train',)) -> Examples:
+  """Prepares (if needed) and reads every example of the publisher's `splits` into memory.
+
+  By default only `train`, the split every dataset has; with `('train', 'test')` the
+  official test split too (`Examples.official_splits` says which example is which).
+  """
+  builder = prepare(dataset, subset, data_dir=data_dir, tfds_dir=tfds_dir)
+  source = builder.as_data_source()
+  missing = [s for s in splits if s not in source]
+  if missing:
+    raise archives.ArchiveError(
+        f'{dataset}/{subset} has no {", ".join(missing)} split in {builder.data_dir} (its '
+        f'archive has only {", ".join(source)}).')
+  records = sorted(((r, split) for split in splits for r in _read_all(source[split])),
+                   key=lambda rs: _text(rs[0]['file_name']))
   return Examples(
-      images=[r['image'] for r in records],
-      labels=np.array([r['label'] for r in records], np.int32),
-      file_names=np.array([_text(r['file_name']) for r in records]),
-      writer_ids=np.array([_text(r.get('writer_id', '')) for r in records]),
+      images=[r['image'] for r, _ in records],
+      labels=np.array([r['label'] for r, _ in records], np.int32),
+      file_names=np.array([_text(r['file_name']) for r, _ in records]),
+      writer_ids=np.array([_text(r.get('writer_id', '')) for r, _ in records]),
       class_names=list(builder.info.features['label'].names),
+      official_splits=np.array([split for _, split in records]),
   )
 
 
@@ -161,13 +190,56 @@ def make_splits(examples: Examples, *, kind: str, test_fraction: float, val_frac
   raise ValueError(f'Unknown split {kind!r}: expected "stratified" or "writer".')
 
 
+def test_protocol(config) -> str:
+  """'official' or 'carved': how `config.test_split` makes the test split of its data."""
+  if config.test_split == 'carved':
+    return 'carved'
+  kwargs = dict(data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None)
+  has_official = official_test_split(config.dataset, config.subset, **kwargs)
+  if config.test_split == 'official' and not has_official:
+    raise configuration.ConfigError(
+        f'test_split=\'official\' but the {config.dataset} data found hold no official test '
+        'split (e.g. an archive with Train/ only); give the full archive, or '
+        'test_split=\'carved\' (or \'auto\') to hold out test_fraction of the training split.')
+  return 'official' if has_official else 'carved'
+
+
+def make_official_splits(examples: Examples, *, kind: str, val_fraction: float,
+                         seed: int) -> dict[str, np.ndarray]:
+  """The official test split as `test`; validation carved from the official training split
+  (`kind` 'stratified' or 'writer', `val_fraction` of it, seeded)."""
+  official_train = np.flatnonzero(examples.official_splits == 'train')
+  if kind == 'stratified':
+    carved = splits_lib.carve_validation(examples.labels[official_train],
+                                         val_fraction=val_fraction, seed=seed)
+  elif kind == 'writer':
+    carved = splits_lib.carve_validation(examples.labels[official_train],
+                                         examples.writer_ids[official_train],
+                                         val_fraction=val_fraction, seed=seed)
+  else:
+    raise ValueError(f'Unknown split {kind!r}: expected "stratified" or "writer".')
+  return {'train': official_train[carved['train']],
+          'validation': official_train[carved['validation']],
+          'test': np.flatnonzero(examples.official_splits == 'test')}
+
+
 def load_splits(config) -> tuple[Examples, SplitArrays]:
-  """Loads `config.dataset`/`config.subset`, splits it and preprocesses every split."""
+  """Loads `config.dataset`/`config.subset`, splits it and preprocesses every split.
+
+  The test split follows `config.test_split` (see `TEST_SPLITS`); the result says which
+  protocol was used (`SplitArrays.test_protocol`).
+  """
+  protocol = test_protocol(config)
   examples = load_examples(config.dataset, config.subset, data_dir=config.data_dir or None,
-                           tfds_dir=config.tfds_dir or None)
+                           tfds_dir=config.tfds_dir or None,
+                           splits=('train', 'test') if protocol == 'official' else ('train',))
   try:
-    indices = make_splits(examples, kind=config.split, test_fraction=config.test_fraction,
-                          val_fraction=config.val_fraction, seed=config.split_seed)
+    if protocol == 'official':
+      indices = make_official_splits(examples, kind=config.split,
+                                     val_fraction=config.val_fraction, seed=config.split_seed)
+    else:
+      indices = make_splits(examples, kind=config.split, test_fraction=config.test_fraction,
+                            val_fraction=config.val_fraction, seed=config.split_seed)
   except ValueError as e:  # scikit-learn's: a split too small for one image per class, ...
     raise configuration.ConfigError(
         f'Cannot split {config.dataset}/{config.subset} ({len(examples.labels)} images, '
@@ -185,4 +257,16 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
       for name, idx in indices.items()
   }
   labels = {name: examples.labels[idx] for name, idx in indices.items()}
-  return examples, SplitArrays(images, labels, indices, examples.class_names)
+  n = {name: len(idx) for name, idx in indices.items()}
+  if protocol == 'official':
+    detail = (f'the official test split ({n["test"]} images); validation ({n["validation"]}) '
+              f'carved from the official training split ({config.split}, val_fraction '
+              f'{config.val_fraction})')
+  else:
+    detail = (f'test ({n["test"]} images) carved from the training split ({config.split}, '
+              f'test_fraction {config.test_fraction}, then val_fraction {config.val_fraction} '
+              'of the rest for validation)')
+    if config.test_split == 'auto':
+      detail += f'; the {config.dataset} data found have no official test split'
+  return examples, SplitArrays(images, labels, indices, examples.class_names,
+                               test_protocol=protocol, test_protocol_detail=detail)

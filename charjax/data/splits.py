@@ -48,6 +48,27 @@ def writer_disjoint_split(labels: np.ndarray, writers: np.ndarray, *, test_fract
   return {'train': np.sort(rest[train]), 'validation': np.sort(rest[val]), 'test': np.sort(test)}
 
 
+def carve_validation(labels: np.ndarray, writers: np.ndarray | None = None, *,
+                     val_fraction: float = 0.176, seed: int = 1) -> dict[str, np.ndarray]:
+  """`train`/`validation` indices into `labels`: `val_fraction` held out, stratified by
+  label, or, given `writers`, of whole writers (no writer in both). For a dataset whose
+  publisher fixes the test split."""
+  from sklearn import model_selection  # imported only here: slow to import
+  index = np.arange(len(labels))
+  if writers is None:
+    train, val = model_selection.train_test_split(
+        index, test_size=val_fraction, stratify=labels, random_state=seed)
+  else:
+    writers = np.asarray(writers)
+    if len(np.unique(writers)) < 2 or np.any(writers == ''):
+      raise ValueError('A writer-disjoint split needs a writer id per image and at least '
+                       f'2 writers; found {len(np.unique(writers))}.')
+    splitter = model_selection.GroupShuffleSplit(n_splits=1, test_size=val_fraction,
+                                                 random_state=seed)
+    train, val = next(splitter.split(index, labels, groups=writers))
+  return {'train': np.sort(train), 'validation': np.sort(val)}
+
+
 def named(splits: dict[str, np.ndarray], file_names: np.ndarray) -> dict[str, list[str]]:
   """The file names of each split (what `save` writes)."""
   return {name: [str(f) for f in file_names[idx]] for name, idx in splits.items()}

@@ -146,7 +146,9 @@ def _call(name, shapes, *args, batched, summed=False, dtypes=None, **attributes)
     out_shapes = shapes(*args)
     kinds = dtypes or [jnp.float32] * len(out_shapes)
     results = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in zip(out_shapes, kinds)]
-    return jax.ffi.ffi_call(_FFI_PREFIX + name, results)(*args, **attributes)
+    # Under `jax.vmap` (several seeds trained together) the kernel runs once per member.
+    return jax.ffi.ffi_call(_FFI_PREFIX + name, results, vmap_method='sequential')(
+        *args, **attributes)
   return sharding.per_device(local, batched, summed)(*args)
 
 

@@ -1,0 +1,257 @@
+"""Score a finished run on any labelled data: accuracy, per-class accuracy, confusion matrix.
+
+  python -m charjax.evaluate --workdir runs/consonants test
+  python -m charjax.evaluate --workdir runs/all_classes dhcd:test --skip_unknown_classes
+  python -m charjax.evaluate --workdir runs/numerals my_digits/        # <class>/<image>
+  python -m charjax.evaluate --svc runs/study/exp3/svc/svc_vowels.npz vowels_scans.zip
+
+DATA is one of
+- `train`, `validation` or `test`: the run's own split (the images it was trained,
+  selected or tested on, as recorded in its `splits.json`);
+- `<dataset>:<split>` of a registered dataset (`nhcd:all`, `dhcd:train`, `dhcd:test`: the
+  publisher's split; `<dataset>:<subset>/<split>` for a subset, e.g. `nhcd:vowels/train`);
+- a folder or archive (zip, tar) of `<class>/<image>` files, any depth above: a class folder
+  is named by the class's display name (`ka (क)`), its glyph (`क`), its Latin label where
+  that is unique (`ka`), NHCD's `<subset>/<number>` or DHCD's `character_<n>[_name]` /
+  `digit_<n>` (so NHCD's and DHCD's own archives are read as they are).
+
+Images go through the training preprocessing (`charjax.data.preprocess`; no cropping): with
+the dataset's own ink polarity for a split, judged from each image's border for a folder
+(as `charjax.predict` does). Classes are matched to the run's by name; data holding a class
+the run does not have is refused, naming it (`--skip_unknown_classes` leaves those images
+out and counts them). The report (`--out`, default `<workdir>/evaluations/<data>.json`)
+holds the accuracy, per-class accuracy, confusion matrix (rows: true class, in the run's
+class order), the class mapping used and what was read.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import re
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from charjax import checkpointing
+from charjax import cli
+from charjax import configuration
+from charjax import predict
+from charjax import rundir
+from charjax import runs
+from charjax.data import archives
+from charjax.data import classes
+from charjax.data import input_pipeline
+from charjax.data import preprocess
+from charjax.data import registry
+from charjax.data import sources
+from charjax.study import svc as svc_lib
+
+RUN_SPLITS = ('train', 'validation', 'test')
+_DHCD_FOLDER = re.compile(r'^((?:character|digit)_\d+)(?:_\w+)?$')
+# Images scored per call of the network (a fixed shape: one compilation).
+CHUNK = 500
+
+
+class EvaluationError(ValueError):
+  """The data cannot be evaluated with this run (unknown classes, nothing found, ...)."""
+
+
+def class_aliases(run_classes: list[str]) -> dict[str, str]:
+  """Folder name (or `<subset>/<folder>`) -> one of `run_classes`, for every accepted form."""
+  aliases = {name: name for name in run_classes}
+  known = [c for c in classes.NHCD_SUBSETS['all'] + classes.DHCD_CLASSES if c.name in aliases]
+  latin = collections.Counter(c.latin for c in classes.NHCD_SUBSETS['all'])
+  for c in known:
+    aliases.setdefault(c.glyph, c.name)
+    if latin[c.latin] == 1:
+      aliases.setdefault(c.latin, c.name)
+    if c.folder.startswith(('character_', 'digit_')):
+      aliases.setdefault(c.folder, c.name)
+    else:
+      aliases.setdefault(f'{c.subset}/{c.folder}', c.name)
+  return aliases
+
+
+def _class_key(name: str) -> tuple[str, str]:
+  """(folder, subset-qualified folder) of an image path: its class folder's two forms."""
+  parts = name.split('/')
+  if len(parts) < 2:
+    raise EvaluationError(f'{name} is not in a class folder (expected <class>/<image>).')
+  folder = parts[-2]
+  match = _DHCD_FOLDER.match(folder)
+  if match:
+    folder = match.group(1)
+  return folder, '/'.join(parts[-3:-1]) if len(parts) >= 3 else folder
+
+
+def read_folder(path: pathlib.Path, run_classes: list[str], *, skip_unknown: bool):
+  """(grey images, labels in the run's order, mapping, skipped counts) of `<class>/<image>`."""
+  aliases = class_aliases(run_classes)
+  index = {name: i for i, name in enumerate(run_classes)}
+  names = [n for n in archives.list_files(path) if n.lower().endswith(sources.IMAGE_SUFFIXES)]
+  if not names:
+    raise EvaluationError(f'No images ({", ".join(sources.IMAGE_SUFFIXES)}) in {path}.')
+  label_of, mapping, unknown = {}, {}, collections.Counter()
+  nhcd_folders = {f'{c.subset}/{c.folder}' for c in classes.NHCD_SUBSETS['all']}
+  for name in names:
+    folder, qualified = _class_key(name)
+    # NHCD's class folders are numbers within a subset: read only with their subset.
+    key = qualified if qualified in nhcd_folders else folder
+    target = aliases.get(key)
+    if target is None:
+      unknown[key] += 1
+      continue
+    label_of[name] = index[target]
+    mapping[key] = target
+  _check_unknown(unknown, run_classes, skip_unknown)
+  images, labels = [], []
+  for name, data in archives.iter_files(path, set(label_of)):
+    grey = sources.decode_grayscale(name, data)[..., 0].astype(np.float32)
+    images.append(grey)
+    labels.append(label_of[name])
+  return images, np.array(labels, np.int32), mapping, dict(unknown)
+
+
+def _check_unknown(unknown: collections.Counter, run_classes: list[str], skip: bool) -> None:
+  if unknown and not skip:
+    shown = ', '.join(f'{k} ({n} images)' for k, n in sorted(unknown.items())[:12])
+    raise EvaluationError(
+        f'{sum(unknown.values())} images are of classes the run does not have: {shown}'
+        f'{" ..." if len(unknown) > 12 else ""}. The run\'s classes are '
+        f'{", ".join(run_classes[:12])}{" ..." if len(run_classes) > 12 else ""}. Pass '
+        '--skip_unknown_classes to leave them out.')
+
+
+def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknown: bool):
+  """(model inputs, labels, mapping, skipped) of `<dataset>:[<subset>/]<split>`."""
+  dataset, _, rest = spec.partition(':')
+  subset, _, split = rest.rpartition('/')
+  subset = subset or 'all'
+  dataset_spec = registry.get(dataset)
+  examples = input_pipeline.load_examples(dataset, subset, data_dir=config.data_dir or None,
+                                          tfds_dir=config.tfds_dir or None,
+                                          splits=(split,))
+  index = {name: i for i, name in enumerate(run_classes)}
+  keep = np.array([examples.class_names[l] in index for l in examples.labels])
+  unknown = collections.Counter(examples.class_names[l] for l in examples.labels[~keep])
+  _check_unknown(unknown, run_classes, skip_unknown)
+  mapping = {n: n for n in examples.class_names if n in index}
+  images = [im for im, k in zip(examples.images, keep) if k]
+  if not images:
+    raise EvaluationError(f'{spec} holds no images of the run\'s classes.')
+  inputs = preprocess.to_model_input(images, ink_is_dark=dataset_spec.ink_is_dark,
+                                     image_size=config.image_size)
+  labels = np.array([index[examples.class_names[l]] for l in examples.labels[keep]], np.int32)
+  return inputs, labels, mapping, dict(unknown)
+
+
+def scores_of(classifier: predict.Classifier, inputs: np.ndarray) -> np.ndarray:
+  """The classifier's scores of every input, in fixed-size chunks (one compilation)."""
+  out = []
+  for start in range(0, len(inputs), CHUNK):
+    chunk = inputs[start:start + CHUNK]
+    padded = np.concatenate([chunk, np.zeros((CHUNK - len(chunk),) + chunk.shape[1:],
+                                             chunk.dtype)]) if len(chunk) < CHUNK else chunk
+    out.append(np.asarray(classifier.scores(padded))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
+             skip_unknown: bool = False, data_dir: str = '', tfds_dir: str = '') -> dict:
+  """Scores the run (or the SVC on its features) on `data` (see the module docstring).
+
+  `data_dir` / `tfds_dir` say where a dataset split's archive and prepared data are, when
+  not where the run's config looked.
+  """
+  if workdir is None:
+    workdir = svc_lib.load(svc)[1]['cnn_workdir']  # the network the SVC reads
+  classifier = predict.load_classifier(workdir, svc)
+  config = runs.load_config(workdir)
+  with config.unlocked():
+    config.data_dir = data_dir or config.data_dir
+    config.tfds_dir = tfds_dir or config.tfds_dir
+  run_classes = classifier.class_names
+  source = {'data': data}
+  if data in RUN_SPLITS:
+    if svc:
+      raise EvaluationError('An SVC scores its own subset\'s splits with charjax.study; give it '
+                            'a dataset split or a folder.')
+    _, arrays = input_pipeline.load_splits(config)
+    inputs, labels = arrays.images[data], arrays.labels[data]
+    mapping, skipped = {n: n for n in run_classes}, {}
+    source.update(kind='run split', test_protocol=arrays.test_protocol)
+  elif ':' in data and not pathlib.Path(data).exists():
+    inputs, labels, mapping, skipped = read_dataset_split(data, config, run_classes,
+                                                          skip_unknown=skip_unknown)
+    source.update(kind='dataset split', preprocessing='training (the dataset\'s ink polarity)')
+  else:
+    path = pathlib.Path(data)
+    if not path.exists():
+      raise EvaluationError(f'{data} is neither a split ({", ".join(RUN_SPLITS)}, '
+                            '<dataset>:<split>) nor an existing folder or archive.')
+    greys, labels, mapping, skipped = read_folder(path, run_classes, skip_unknown=skip_unknown)
+    if not len(labels):
+      raise EvaluationError(f'{data} holds no images of the run\'s classes.')
+    inputs = np.stack([predict.to_input(g, config.image_size) for g in greys])
+    source.update(kind='folder', path=str(path.resolve()),
+                  preprocessing='training (ink polarity judged from each image\'s border)')
+  scores = scores_of(classifier, inputs)
+  if not np.all(np.isfinite(scores)):
+    raise EvaluationError('The classifier gave NaN or infinite scores: its checkpoint is '
+                          'probably damaged.')
+  predictions = np.argmax(scores, axis=-1)
+  confusion = rundir.confusion_matrix(labels, predictions, len(run_classes))
+  counts = confusion.sum(1)
+  return {
+      'workdir': str(workdir), 'svc': svc, **source,
+      'images': int(len(labels)), 'accuracy': float(np.mean(predictions == labels)),
+      'per_class_accuracy': {n: float(confusion[i, i] / counts[i])
+                             for i, n in enumerate(run_classes) if counts[i]},
+      'images_per_class': {n: int(counts[i]) for i, n in enumerate(run_classes) if counts[i]},
+      'class_names': run_classes, 'confusion_matrix': confusion.tolist(),
+      'class_mapping': mapping, 'skipped_unknown_classes': skipped,
+  }
+
+
+def _default_out(workdir: str, data: str) -> pathlib.Path:
+  tag = re.sub(r'[^\w.-]+', '_', pathlib.Path(data).name if '/' in data and ':' not in data
+               else data).strip('_') or 'data'
+  return pathlib.Path(workdir) / 'evaluations' / f'{tag}.json'
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError('Give one DATA: a split (test), <dataset>:<split>, or a folder.')
+  if not (flags.FLAGS.workdir or flags.FLAGS.svc):
+    raise app.UsageError('Give --workdir (a trained run) or --svc (a saved SVC).')
+  try:
+    report = evaluate(flags.FLAGS.workdir, argv[1], svc=flags.FLAGS.svc,
+                      skip_unknown=flags.FLAGS.skip_unknown_classes,
+                      data_dir=flags.FLAGS.data_dir, tfds_dir=flags.FLAGS.tfds_dir)
+  except (EvaluationError, runs.RunError, checkpointing.CheckpointError,
+          configuration.ConfigError, archives.ArchiveError, registry.UnknownDatasetError,
+          sources.DataNotFoundError) as e:
+    sys.exit(f'charjax: {e}')
+  out = pathlib.Path(flags.FLAGS.out) if flags.FLAGS.out else _default_out(
+      report['workdir'], argv[1])
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+  skipped = sum(report['skipped_unknown_classes'].values())
+  print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images'
+        f'{f" ({skipped} of unknown classes left out)" if skipped else ""}; report in {out}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A finished training run.')
+  flags.DEFINE_string('svc', None, 'An SVC saved by charjax.study.specialise (svc_<subset>.npz).')
+  flags.DEFINE_bool('skip_unknown_classes', False,
+                    'Leave out images of classes the run does not have (else refuse).')
+  flags.DEFINE_string('data_dir', '', 'Where a dataset split\'s archive is (default: the '
+                      'run\'s config, then the usual places).')
+  flags.DEFINE_string('tfds_dir', '', 'Where prepared datasets are (default: the run\'s).')
+  flags.DEFINE_string('out', '', 'Report path (default <workdir>/evaluations/<data>.json).')
+  cli.run(main)

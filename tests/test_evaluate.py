@@ -1,0 +1,77 @@
+"""charjax.evaluate: a finished run scored on its own split, a dataset split and folders."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charjax import evaluate
+from tests import conftest
+
+REPO = conftest.pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_the_runs_own_test_split_gives_its_results(reference_run):
+  _, workdir = reference_run
+  results = json.loads((workdir / 'results.json').read_text())
+  report = evaluate.evaluate(str(workdir), 'test')
+  assert report['images'] == results['split_sizes']['test']
+  assert report['accuracy'] == pytest.approx(results['test_accuracy'])
+  assert report['confusion_matrix'] == results['confusion_matrix']
+  assert report['test_protocol'] == 'carved'
+
+
+def test_an_archive_is_read_by_its_class_folders_and_matches_the_dataset_split(reference_run,
+                                                                               nhcd_zip_dir):
+  """The NHCD archive as a folder of <subset>/<class>/<image>: the numerals run refuses its
+  other classes unless told to skip them; then it scores the same 120 images, with the same
+  result, as the dataset split `nhcd:numerals/train` read with the dataset's polarity."""
+  _, workdir = reference_run
+  archive = str(nhcd_zip_dir / 'nhcd.zip')
+  with pytest.raises(evaluate.EvaluationError, match=r'classes the run does not have: '
+                     r'consonants/1 \(12 images\).*--skip_unknown_classes'):
+    evaluate.evaluate(str(workdir), archive)
+  folder = evaluate.evaluate(str(workdir), archive, skip_unknown=True)
+  assert folder['images'] == 120 and sum(folder['skipped_unknown_classes'].values()) == 48 * 12
+  assert folder['class_mapping']['numerals/7'] == '7 (७)'
+  split = evaluate.evaluate(str(workdir), 'nhcd:numerals/train')
+  assert split['images'] == 120
+  assert folder['confusion_matrix'] == split['confusion_matrix']
+  assert folder['accuracy'] == split['accuracy'] > 0.1
+
+
+def test_folders_named_by_glyph_or_latin_label_and_unknown_ones_named(reference_run, tmp_path):
+  _, workdir = reference_run
+  rng = np.random.default_rng(0)
+  for folder, label in (('३', 3), ('5', 5), ('7 (७)', 7)):
+    for i in range(2):
+      image = conftest.character_image(label, 28, rng, dark_ink=True)
+      (tmp_path / 'mine' / folder).mkdir(parents=True, exist_ok=True)
+      (tmp_path / 'mine' / folder / f'{i}.png').write_bytes(conftest.encode(image, 'PNG'))
+  report = evaluate.evaluate(str(workdir), str(tmp_path / 'mine'))
+  assert report['images'] == 6
+  assert report['images_per_class'] == {'3 (३)': 2, '5 (५)': 2, '7 (७)': 2}
+  assert report['class_mapping'] == {'३': '3 (३)', '5': '5 (५)', '7 (७)': '7 (७)'}
+  (tmp_path / 'mine' / 'ka').mkdir()
+  (tmp_path / 'mine' / 'ka' / '0.png').write_bytes(
+      conftest.encode(conftest.character_image(1, 28, rng, dark_ink=True), 'PNG'))
+  with pytest.raises(evaluate.EvaluationError, match=r'ka \(1 images\)'):
+    evaluate.evaluate(str(workdir), str(tmp_path / 'mine'))
+
+
+@pytest.mark.slow  # starts the command
+def test_command_writes_the_report_and_refuses_unknown_data(reference_run, tmp_path):
+  _, workdir = reference_run
+  out = tmp_path / 'report.json'
+  proc = subprocess.run([sys.executable, '-m', 'charjax.evaluate', f'--workdir={workdir}',
+                         'validation', f'--out={out}'], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'validation: accuracy' in proc.stdout
+  report = json.loads(out.read_text())
+  assert report['images'] == len(json.loads((workdir / 'splits.json').read_text())['validation'])
+  proc = subprocess.run([sys.executable, '-m', 'charjax.evaluate', f'--workdir={workdir}',
+                         str(tmp_path / 'nowhere')], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 1 and 'is neither a split' in proc.stderr
+  assert 'Traceback' not in proc.stderr

@@ -1,0 +1,55 @@
+"""charjax.seeds: N seeds of one config, mean ± std of test accuracy, resumable."""
+
+import json
+import statistics
+
+import pytest
+
+from charjax import seeds
+from tests.test_train import tiny_config
+
+
+def test_seeds_train_separately_and_report_mean_and_std(prepared_dirs, tmp_path):
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs = 2
+  report = seeds.train_seeds(config, str(tmp_path), num_seeds=2, first_seed=5)
+  assert [r['seed'] for r in report['runs']] == [5, 6]
+  per_seed = [json.loads((tmp_path / f'seed_{k}' / 'results.json').read_text()) for k in (0, 1)]
+  accuracies = [r['test_accuracy'] for r in per_seed]
+  assert report['test_accuracy']['mean'] == pytest.approx(statistics.fmean(accuracies))
+  assert report['test_accuracy']['std'] == pytest.approx(statistics.stdev(accuracies))
+  assert json.loads((tmp_path / 'seeds.json').read_text())['test_accuracy']['n'] == 2
+  # Different seeds, same split: the runs differ (losses), the test images do not.
+  assert per_seed[0]['best_val_loss'] != per_seed[1]['best_val_loss']
+  splits = [json.loads((tmp_path / f'seed_{k}' / 'splits.json').read_text()) for k in (0, 1)]
+  assert splits[0] == splits[1]
+  # Rerunning resumes: finished seeds are not trained again.
+  stamp = (tmp_path / 'seed_0' / 'results.json').stat().st_mtime_ns
+  again = seeds.train_seeds(config, str(tmp_path), num_seeds=2, first_seed=5)
+  assert (tmp_path / 'seed_0' / 'results.json').stat().st_mtime_ns == stamp
+  assert again['test_accuracy'] == report['test_accuracy']
+  # Another config in the same folder is refused, naming what differs.
+  config.optimizer.learning_rate = 1e-2
+  with pytest.raises(Exception, match='optimizer.learning_rate'):
+    seeds.train_seeds(config, str(tmp_path), num_seeds=2, first_seed=5)
+
+
+def test_seeds_trained_together_match_seeds_trained_apart(prepared_dirs, tmp_path):
+  """vmapped over the seed in one program, each seed gets the metrics, checkpoints and
+  results it gets alone (up to float reordering; the same draws)."""
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs = 2
+  apart = seeds.train_seeds(config, str(tmp_path / 'apart'), num_seeds=2)
+  together = seeds.train_seeds(config, str(tmp_path / 'together'), num_seeds=2, together=True)
+  assert together['together'] and not apart['together']
+  for k in (0, 1):
+    a = [json.loads(l) for l in (tmp_path / 'apart' / f'seed_{k}' / 'metrics.jsonl').open()]
+    t = [json.loads(l) for l in (tmp_path / 'together' / f'seed_{k}' / 'metrics.jsonl').open()]
+    assert [r['epoch'] for r in t] == [1, 2]
+    for key in ('train_loss', 'val_loss'):
+      assert [r[key] for r in t] == pytest.approx([r[key] for r in a], rel=1e-4)
+    results = json.loads((tmp_path / 'together' / f'seed_{k}' / 'results.json').read_text())
+    assert results['trained_together_with_seeds'] == [0, 1]
+    alone = json.loads((tmp_path / 'apart' / f'seed_{k}' / 'results.json').read_text())
+    assert results['test_loss'] == pytest.approx(alone['test_loss'], rel=1e-4)
+    assert results['best_epoch'] == alone['best_epoch']
