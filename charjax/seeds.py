@@ -100,7 +100,11 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str, *, num_seeds: i
 
 
 def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+  """The trees' leaves stacked, in the first tree's structure (the states' optimizers are
+  equal but distinct objects, which `jax.tree.map` would refuse)."""
+  leaves = [jax.tree.leaves(t) for t in trees]
+  return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                            [jnp.stack(xs) for xs in zip(*leaves)])
 
 
 def _unstack(tree, k: int):

@@ -70,7 +70,7 @@ def _dhcd_config(tmp_path, **fields):
 def test_dhcd_with_a_test_folder_is_tested_on_it_and_validated_on_a_carve_of_train(tmp_path):
   """UCI's archive has Train/ and Test/: 'auto' tests on Test/ exactly, carves validation
   from Train/ (stratified), and says so; 'carved' ignores Test/ and holds out of Train/."""
-  conftest.write_archive(conftest.dhcd_files(per_class=6, test_per_class=2),
+  conftest.write_archive(conftest.dhcd_files(per_class=14, test_per_class=2),
                          tmp_path / 'data' / 'DevanagariHandwrittenCharacterDataset.zip')
   examples, data = input_pipeline.load_splits(_dhcd_config(tmp_path))
   assert data.test_protocol == 'official'
@@ -79,22 +79,22 @@ def test_dhcd_with_a_test_folder_is_tested_on_it_and_validated_on_a_carve_of_tra
   assert names['test'] == {f for f in examples.file_names if '/Test/' in f}
   assert len(names['test']) == 46 * 2
   assert all('/Train/' in f for f in names['train'] | names['validation'])
-  assert len(names['train']) + len(names['validation']) == 46 * 6
+  assert len(names['train']) + len(names['validation']) == 46 * 14
   assert not names['train'] & names['validation']
-  # Stratified: every class is in validation (val_fraction 0.176 of 6 per class -> 1).
+  # Stratified: every class is in validation.
   assert set(data.labels['validation'].tolist()) == set(range(46))
 
   examples, data = input_pipeline.load_splits(_dhcd_config(tmp_path, test_split='carved'))
-  assert data.test_protocol == 'carved' and len(examples.labels) == 46 * 6
+  assert data.test_protocol == 'carved' and len(examples.labels) == 46 * 14
   assert all('/Train/' in f for f in examples.file_names)
 
 
 def test_dhcd_train_only_archive_carves_its_test_split_and_refuses_official(tmp_path):
-  conftest.write_archive(conftest.dhcd_files(per_class=6), tmp_path / 'data' / 'dhcd-train.tar.xz')
+  conftest.write_archive(conftest.dhcd_files(per_class=14), tmp_path / 'data' / 'dhcd-train.tar.xz')
   _, data = input_pipeline.load_splits(_dhcd_config(tmp_path))
   assert data.test_protocol == 'carved'
   assert 'have no official test split' in data.test_protocol_detail
-  assert sum(len(y) for y in data.labels.values()) == 46 * 6
+  assert sum(len(y) for y in data.labels.values()) == 46 * 14
   with pytest.raises(configuration.ConfigError, match="test_split='official' but the dhcd data"):
     input_pipeline.load_splits(_dhcd_config(tmp_path, test_split='official'))
 

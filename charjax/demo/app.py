@@ -3,7 +3,8 @@
 Starlette (the ASGI toolkit under FastAPI; small, well kept) serves two routes:
 
 - `GET /`: the page (`page.html`: a canvas for mouse, pen or touch, an upload button, a
-  clear button, the top-5 classes and the input the model saw);
+  clear button, the top-5 classes and the input the model saw); `GET /devanagari.ttf`: the
+  font its glyphs are drawn in (Noto Sans Devanagari, from charjax's dependencies);
 - `POST /predict`: the body is an image file (the canvas as PNG, or an upload); the answer
   is `{"top": [{"name", "latin", "glyph", "score"}, ...5], "input_png": data URL}`.
 
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from charjax import predict
@@ -80,14 +82,33 @@ def _error(status: int, message: str) -> JSONResponse:
   return JSONResponse({'error': message}, status_code=status)
 
 
+def devanagari_font() -> bytes | None:
+  """Noto Sans Devanagari (OFL) from charjax's font dependency, so the glyphs show on
+  machines without a Devanagari font; None if it is not installed."""
+  try:
+    import fontpkg_noto_sans_devanagari as noto  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  files = sorted((noto.ROOT / 'files').glob('*.ttf'))
+  return files[0].read_bytes() if files else None
+
+
 def create_app(predictor: Predictor, *, score_label: str = 'probability') -> Starlette:
   """The Starlette app serving `predictor`'s page and predictions."""
   page = PAGE.read_text(encoding='utf-8').replace('{{SCORE_LABEL}}', score_label).replace(
       '{{SIZE}}', str(predictor.size))
+  font = devanagari_font()
 
   async def index(request: Request):
     del request
     return HTMLResponse(page)
+
+  async def font_route(request: Request):
+    del request
+    if font is None:
+      return _error(404, 'no Devanagari font installed with charjax')
+    return Response(font, media_type='font/ttf',
+                    headers={'Cache-Control': 'max-age=86400'})
 
   async def predict_route(request: Request):
     declared = request.headers.get('content-length')
@@ -111,5 +132,5 @@ def create_app(predictor: Predictor, *, score_label: str = 'probability') -> Sta
     except Exception as e:  # pylint: disable=broad-except
       return _error(500, f'prediction failed ({type(e).__name__}); the server keeps running')
 
-  return Starlette(routes=[Route('/', index), Route('/predict', predict_route,
-                                                    methods=['POST'])])
+  return Starlette(routes=[Route('/', index), Route('/devanagari.ttf', font_route),
+                           Route('/predict', predict_route, methods=['POST'])])
