@@ -35,7 +35,7 @@ def transfer(params, pretrained) -> tuple[object, dict]:
     old = source.get(key)
     if key[0] != output_layer and old is not None and np.shape(old) == np.shape(leaf):
       copied.append(name)
-      return jax.numpy.asarray(old, dtype=leaf.dtype)
+      return np.asarray(old, dtype=leaf.dtype)
     kept.append(name)
     return leaf
   out = jax.tree_util.tree_map_with_path(pick, params)
