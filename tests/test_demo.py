@@ -137,6 +137,36 @@ def test_a_burst_of_concurrent_requests_is_answered_correctly(reference_run):
     assert post(url, images[0])[0] == 200  # still up
 
 
+@pytest.mark.slow  # starts the command
+def test_command_serves_the_page_until_stopped(reference_run):
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, '-m', 'charjax.demo', f'--workdir={reference_run[1]}',
+                           f'--port={port}'], cwd=conftest.pathlib.Path(__file__).parents[1],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert f'http://127.0.0.1:{port}/' in proc.stdout.readline()  # printed once it is ready
+    url = f'http://127.0.0.1:{port}'
+    for _ in range(100):
+      try:
+        with urllib.request.urlopen(url + '/') as response:
+          assert '<canvas id="pad"' in response.read().decode('utf-8')
+        break
+      except urllib.error.URLError:
+        time.sleep(0.1)
+    rng = np.random.default_rng(2)
+    status, answer = post(url, png(conftest.character_image(3, 28, rng, dark_ink=True)))
+    assert status == 200 and len(answer['top']) == 5
+  finally:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+  assert 'Traceback' not in proc.stderr.read()
+
+
 # --- the real-browser test -------------------------------------------------------------
 
 CHROMIUM = next((p for p in ('/usr/bin/chromium', '/usr/bin/chromium-browser')

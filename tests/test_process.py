@@ -70,3 +70,16 @@ def test_will_compute_on_cpu_reads_jax_platforms(monkeypatch):
   assert cpu_settings.will_compute_on_cpu()
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
   assert not cpu_settings.will_compute_on_cpu()
+
+
+def test_a_deprecation_raised_from_charjax_code_fails_the_tests():
+  """pyproject's filterwarnings: a JAX/Flax/Optax API that charjax still calls and that the
+  next release removes is caught here, by its DeprecationWarning, before the release."""
+  import types  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  module = types.ModuleType('charjax.calls_an_old_api')
+  exec('import warnings\ndef call():\n  warnings.warn("old API", DeprecationWarning)\n',
+       module.__dict__)
+  with pytest.raises(DeprecationWarning, match='old API'):
+    module.call()
+  warnings.warn('a library deprecation', DeprecationWarning)  # elsewhere: ignored
