@@ -3,16 +3,21 @@
 `create(config.optimizer, steps_per_epoch=..., num_epochs=...)` looks `name` up in
 `OPTIMIZERS` and passes the remaining fields to it, except the schedule's own:
 `learning_rate` (the peak rate), `schedule` ('constant' or 'cosine': decay to 0 at the last
-step) and `warmup_epochs` (linear ramp from 0, in epochs, fractional allowed). The study's
-optimiser, RMSprop with Keras's update rule, is the default; Adam, AdamW and SGD with
-momentum are optax's. A constant rate without warm-up is passed to the optimiser as a
-number, so its state is exactly the study's (no step counter for a schedule).
+step), `warmup_epochs` (linear ramp from 0, in epochs, fractional allowed) and `ema_decay`
+(0: off; else an exponential moving average of the parameters is kept in the optimiser's
+state, `params_ema`, and runs are evaluated, checkpointed for use and exported with it:
+see `evaluation_params`). The study's optimiser, RMSprop with Keras's update rule, is the
+default; Adam, AdamW and SGD with momentum are optax's. A constant rate without warm-up is
+passed to the optimiser as a number, so its state is exactly the study's (no step counter
+for a schedule).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -45,7 +50,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     'sgd': optax.sgd,  # momentum=..., nesterov=...
 }
 SCHEDULES = ('constant', 'cosine')
-_SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'warmup_epochs')
+_SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'warmup_epochs', 'ema_decay')
 
 
 def schedule(optimizer_config: Mapping[str, Any], *, steps_per_epoch: int,
@@ -84,9 +89,52 @@ def create(optimizer_config: Mapping[str, Any], *, steps_per_epoch: int,
   lr = schedule(fields, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
   if fields.get('schedule', 'constant') == 'constant' and not fields.get('warmup_epochs', 0):
     lr = fields['learning_rate']  # a number: the optimiser's state has no schedule counter
+  ema_decay = fields.get('ema_decay', 0.0)
+  if not 0 <= ema_decay < 1:
+    raise OptimizerConfigError(f'optimizer.ema_decay={ema_decay} not in [0, 1) (0: off)')
   for key in _SCHEDULE_FIELDS:
     fields.pop(key, None)
   try:
-    return OPTIMIZERS[name](learning_rate=lr, **fields)
+    tx = OPTIMIZERS[name](learning_rate=lr, **fields)
   except (TypeError, ValueError) as e:
     raise OptimizerConfigError(f'optimizer {name}: {e}') from None
+  return optax.chain(tx, params_ema(ema_decay)) if ema_decay else tx
+
+
+class ParamsEmaState(NamedTuple):
+  """`params_ema`'s state: updates seen, and the average of the parameters after each."""
+  count: jax.Array
+  ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters; leaves the updates unchanged.
+
+  Placed last in a chain, it sees the final updates, so the parameters after a step are
+  `params + updates`, and the average becomes `d * ema + (1 - d) * (params + updates)`
+  with `d = min(decay, (1 + t) / (10 + t))` at the t-th update (1-based): the usual
+  warm-up, so that the average is not dominated by the initialisation in short runs.
+  The average starts at the initial parameters.
+  """
+  def init(params):
+    return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('params_ema needs the parameters: call update(updates, state, params)')
+    count = state.count + 1
+    t = count.astype(jnp.float32)
+    d = jnp.minimum(decay, (1 + t) / (10 + t))
+    ema = jax.tree.map(lambda e, p, u: d * e + (1 - d) * (p + u).astype(e.dtype),
+                       state.ema, params, updates)
+    return updates, ParamsEmaState(count, ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def evaluation_params(params, opt_state):
+  """The parameters a run is evaluated with: the moving average where the optimiser keeps
+  one (`ema_decay` > 0), else `params`."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+           if isinstance(s, ParamsEmaState)]
+  return found[0].ema if found else params

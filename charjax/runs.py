@@ -10,6 +10,7 @@ import ml_collections
 
 from charjax import checkpointing
 from charjax import configuration
+from charjax import optim
 from charjax import rundir
 from charjax import train
 
@@ -37,7 +38,12 @@ def load_results(workdir) -> dict:
 
 
 def restore_best(workdir):
-  """(config, model, train state at the best-validation epoch, class names) of a run."""
+  """(config, model, train state at the best-validation epoch, class names) of a run.
+
+  The state's `params` are the ones the run was evaluated with: the moving average of the
+  parameters where its optimiser kept one (`optim.evaluation_params`), so predict, export,
+  evaluate and fine-tuning use what the run's figures measured.
+  """
   config = load_config(workdir)
   results = load_results(workdir)
   class_names = results['class_names']
@@ -47,4 +53,6 @@ def restore_best(workdir):
   directory = legacy or pathlib.Path(workdir) / rundir.CHECKPOINTS
   with checkpointing.manager(directory, read_only=True) as checkpoints:
     epoch = None if legacy else results['best_epoch']
-    return config, model, checkpointing.restore(checkpoints, state, epoch), class_names
+    state = checkpointing.restore(checkpoints, state, epoch)
+  state = state.replace(params=optim.evaluation_params(state.params, state.opt_state))
+  return config, model, state, class_names

@@ -152,7 +152,8 @@ def train_together(configs: list, dirs: list[pathlib.Path]) -> list[dict]:
 
     epoch_fn = jax.jit(jax.vmap(lambda s, r, e: train.train_epoch(
         s, images['train'], labels['train'], r, e, batch_size=batch_size, unroll=unroll,
-        augmentation=augmentation), in_axes=(0, 0, None)), donate_argnums=0)
+        augmentation=augmentation, label_smoothing=config.label_smoothing),
+        in_axes=(0, 0, None)), donate_argnums=0)
     eval_fn = {k: jax.jit(jax.vmap(lambda s, k=k: train.evaluate(
         s, images[k], labels[k], batch_size=eval_bs[k], unroll=unroll))) for k in images}
     for epoch in range(done + 1, config.num_epochs + 1):

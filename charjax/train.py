@@ -95,26 +95,33 @@ def check_model(config: ml_collections.ConfigDict, model) -> None:
         f'{str(e).splitlines()[0][:200] if str(e) else ""}') from None
 
 
-def _batch_metrics(logits, labels, mask):
+def _batch_metrics(logits, labels, mask, label_smoothing: float = 0.0):
   logits = logits.astype(jnp.float32)  # the loss in float32 whatever the model computes in
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    ce = optax.softmax_cross_entropy(logits, targets)
+  else:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (jnp.argmax(logits, -1) == labels) & mask
   return {'loss': jnp.sum(ce * mask), 'correct': jnp.sum(correct), 'count': jnp.sum(mask)}
 
 
-@jax.jit
-def train_step(state: train_state.TrainState, images, labels, mask, rng):
-  """One RMSprop step on the masked mean cross-entropy; returns summed batch metrics.
+@functools.partial(jax.jit, static_argnames=('label_smoothing',))
+def train_step(state: train_state.TrainState, images, labels, mask, rng, *,
+               label_smoothing: float = 0.0):
+  """One optimiser step on the masked mean cross-entropy; returns summed batch metrics.
 
   `mask` marks the examples that count (all of them in `train_epoch`); dropout draws
-  from `fold_in(rng, state.step)`.
+  from `fold_in(rng, state.step)`. With `label_smoothing` = e, the targets are
+  `(1 - e) * one_hot + e / classes` (the reported training loss is that objective;
+  evaluation's loss is always the plain cross-entropy).
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
-    metrics = _batch_metrics(logits, labels, mask)
+    metrics = _batch_metrics(logits, labels, mask, label_smoothing)
     return metrics['loss'] / metrics['count'], metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -128,8 +135,10 @@ def train_step(state: train_state.TrainState, images, labels, mask, rng):
 
 @jax.jit
 def eval_step(state: train_state.TrainState, images, labels, mask):
-  """Summed loss and correct count, and the predicted classes, of one batch."""
-  logits = state.apply_fn({'params': state.params}, images, train=False)
+  """Summed loss and correct count, and the predicted classes, of one batch (with the
+  parameters' moving average where the optimiser keeps one: `optim.evaluation_params`)."""
+  params = optim.evaluation_params(state.params, state.opt_state)
+  logits = state.apply_fn({'params': params}, images, train=False)
   return {**_batch_metrics(logits, labels, mask), 'predictions': jnp.argmax(logits, -1)}
 
 
@@ -151,15 +160,16 @@ def _sum(metrics):
           for k, v in metrics.items()}
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation', 'progress'),
-                   donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=('batch_size', 'unroll', 'augmentation', 'progress',
+                                             'label_smoothing'), donate_argnums=0)
 def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
                 unroll: int | bool = 1, augmentation: augment.Augmentation | None = None,
-                progress: bool = False):
+                progress: bool = False, label_smoothing: float = 0.0):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
-  With an `augmentation`, each training batch is randomly rotated and zoomed on the device
-  (draws from `fold_in(rng, state.step)`); evaluation never is.
+  With an `augmentation`, each training batch is randomly rotated, zoomed and shifted on the
+  device (draws from `fold_in(rng, state.step)`); evaluation never is. `label_smoothing`
+  as in `train_step`.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
   batches run in a `lax.scan`, the remainder as one more step of its own size (padded to a
@@ -191,7 +201,8 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
                                      augmentation)
     if progress:
       jax.debug.callback(progress_lib.tick, state.step)
-    return train_step(state, batch, labels[idx], mask, dropout_rng)
+    return train_step(state, batch, labels[idx], mask, dropout_rng,
+                      label_smoothing=label_smoothing)
 
   index = order[:full * batch_size].reshape(full, batch_size)
   state, metrics = jax.lax.scan(step, state, (index, jnp.ones(index.shape, bool)),
@@ -285,7 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      steps_per_epoch) if show else contextlib.nullcontext():
             state, train = train_epoch(state, images['train'], labels['train'], train_rng,
                                        epoch, batch_size=batch_size, unroll=unroll,
-                                       augmentation=augmentation, progress=show)
+                                       augmentation=augmentation, progress=show,
+                                       label_smoothing=config.label_smoothing)
             train = distributed.to_host(train)
           _check_finite(train, epoch, steps_per_epoch, workdir)
           seconds = time.perf_counter() - tick

@@ -65,3 +65,24 @@ def test_from_config(augment_on):
   config.augment = augment_on
   got = augment.from_config(config)
   assert got == (augment.Augmentation(15.0, 0.2) if augment_on else None)
+
+
+def test_whole_pixel_shift_moves_the_image_and_fills_with_background():
+  image = jnp.arange(1.0, 37.0).reshape(1, 6, 6, 1)
+  out = augment.affine_warp(image, jnp.zeros((1,)), jnp.ones((1,)), jnp.array([[2.0, -1.0]]))
+  expected = np.zeros((6, 6))
+  expected[2:, :5] = np.asarray(image[0, :4, 1:, 0])  # down 2 rows, left 1 column
+  np.testing.assert_allclose(out[0, ..., 0], expected, atol=1e-5)
+
+
+def test_translation_draws_stay_in_range_and_leave_rotation_draws_alone():
+  images = jnp.tile(_blob_images(1), (64, 1, 1, 1))
+  plain = augment.random_augment(jax.random.key(3), images, augment.Augmentation(0.0, 0.0))
+  moved = augment.random_augment(jax.random.key(3), images,
+                                 augment.Augmentation(0.0, 0.0, max_translate=0.1))
+  np.testing.assert_allclose(plain, images, atol=1e-6)
+  # Centre of mass moves by at most 0.1 * 28 = 2.8 pixels per axis, and does move.
+  r = np.arange(28.0)[None, :, None, None]
+  com = lambda x: np.asarray((x * r).sum((1, 2, 3)) / x.sum((1, 2, 3)))
+  shift = com(moved) - com(images)
+  assert np.abs(shift).max() <= 2.8 + 0.05 and np.abs(shift).max() > 1.0

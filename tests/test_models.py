@@ -130,3 +130,26 @@ def test_relu_after_pooling_equals_relu_before_pooling():
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 5))
   np.testing.assert_array_equal(nn.relu(pooling.max_pool_2x2(x)),
                                 pooling.max_pool_2x2(nn.relu(x)))
+
+
+def test_resnet_shapes_parameter_count_and_same_padding():
+  model = models.create({'name': 'ResNet'}, num_classes=36, conv_impl='auto')
+  # stem 3*3*1*32+32, its norm 2*32; block 32->32: two convs (9*32*32+32) and norms 2*(2*32);
+  # block 32->64: 9*32*64+64, 9*64*64+64, norms 2*(2*64), projection 32*64; block 64->128:
+  # 9*64*128+128, 9*128*128+128, norms 2*(2*128), projection 64*128; dense 128*36+36.
+  expected = ((320 + 64) + (2 * 9_248 + 128) + (18_496 + 36_928 + 256 + 2_048)
+              + (73_856 + 147_584 + 512 + 8_192) + (128 * 36 + 36))
+  assert param_count(model, 36) == expected == 311_524
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 1)), train=False)
+  x = jax.random.uniform(jax.random.key(1), (3, 36, 36, 1))
+  assert model.apply(variables, x, train=False).shape == (3, 36)
+  assert model.apply(variables, x, train=False, features=True).shape == (3, 128)
+  # 'SAME': the stem keeps 36x36; blocks start as the identity (zero-initialised last scale).
+  stem = model.apply(variables, x, train=False, capture_intermediates=True,
+                     mutable=['intermediates'])[1]['intermediates']['stem']['__call__'][0]
+  assert stem.shape == (3, 36, 36, 32)
+
+
+def test_resnet_refuses_widths_groupnorm_cannot_split():
+  with pytest.raises(models.ModelConfigError, match='multiples of groups'):
+    models.create({'name': 'ResNet', 'stage_features': (12, 24)}, num_classes=10)

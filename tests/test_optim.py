@@ -36,3 +36,31 @@ def test_rmsprop_matches_keras_update():
   # optax's default (eps inside the square root) is measurably different here.
   default = run_optax(optax.rmsprop(lr, decay=rho, eps=eps), params, grads)
   assert np.max(np.abs(default - expected)) > 1e-4
+
+
+def test_params_ema_matches_hand_computation_and_leaves_updates_alone():
+  rng = np.random.default_rng(1)
+  params = rng.normal(size=(5,)).astype(np.float32)
+  grads = [rng.normal(size=(5,)).astype(np.float32) for _ in range(4)]
+  decay, lr = 0.9, 0.1
+  tx = optim.create({'name': 'sgd', 'learning_rate': lr, 'ema_decay': decay},
+                    steps_per_epoch=1, num_epochs=4)
+  p, state = jnp.asarray(params), tx.init(jnp.asarray(params))
+  ema = params.astype(np.float64)
+  for t, g in enumerate(grads, start=1):
+    updates, state = tx.update(jnp.asarray(g), state, p)
+    p = optax.apply_updates(p, updates)
+    d = min(decay, (1 + t) / (10 + t))
+    ema = d * ema + (1 - d) * np.asarray(p, np.float64)
+  # The parameters follow plain SGD; the average is kept beside them.
+  np.testing.assert_allclose(p, params - lr * np.sum(grads, 0), rtol=1e-5)
+  np.testing.assert_allclose(optim.evaluation_params(p, state), ema, rtol=1e-5)
+  plain = optim.create({'name': 'sgd', 'learning_rate': lr}, steps_per_epoch=1, num_epochs=4)
+  assert optim.evaluation_params(p, plain.init(p)) is p
+
+
+def test_ema_decay_out_of_range_is_refused():
+  import pytest
+  with pytest.raises(optim.OptimizerConfigError, match='ema_decay'):
+    optim.create({'name': 'adamw', 'learning_rate': 1e-3, 'ema_decay': 1.0},
+                 steps_per_epoch=1, num_epochs=1)

@@ -196,3 +196,7 @@ class AllClassesCNN(nn.Module):
       if features:
         return x
     return dense(self.num_classes)(x)
+
+
+# Modules defined in their own files register themselves on import.
+from charjax.nn import resnet  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
