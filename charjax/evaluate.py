@@ -19,8 +19,9 @@ Images go through the training preprocessing (`charjax.data.preprocess`; no crop
 the dataset's own ink polarity for a split, judged from each image's border for a folder
 (as `charjax.predict` does). Classes are matched to the run's by name; data holding a class
 the run does not have is refused, naming it (`--skip_unknown_classes` leaves those images
-out and counts them). The report (`--out`, default `<workdir>/evaluations/<data>.json`)
-holds the accuracy, per-class accuracy, confusion matrix (rows: true class, in the run's
+out and counts them). `--tta shift1|shift2` averages the scores over whole-pixel shifts of
+each image (test-time augmentation; choose it on `validation`, never on `test`). The report
+(`--out`, default `<workdir>/evaluations/<data>.json`) holds the accuracy, per-class accuracy, confusion matrix (rows: true class, in the run's
 class order), the class mapping used and what was read.
 """
 
@@ -54,6 +55,15 @@ RUN_SPLITS = ('train', 'validation', 'test')
 _DHCD_FOLDER = re.compile(r'^((?:character|digit)_\d+)(?:_\w+)?$')
 # Images scored per call of the network (a fixed shape: one compilation).
 CHUNK = 500
+
+
+# Test-time augmentation: the views whose scores are averaged, as (rows, columns) shifts in
+# whole pixels (positive: down, right; the uncovered border is background, 0).
+TTA_VIEWS = {
+    'none': ((0, 0),),
+    'shift1': ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)),
+    'shift2': ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1)),
+}
 
 
 class EvaluationError(ValueError):
@@ -149,8 +159,23 @@ def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknow
   return inputs, labels, mapping, dict(unknown)
 
 
-def scores_of(classifier: predict.Classifier, inputs: np.ndarray) -> np.ndarray:
-  """The classifier's scores of every input, in fixed-size chunks (one compilation)."""
+def shifted(inputs: np.ndarray, rows: int, cols: int) -> np.ndarray:
+  """(N, H, W, C) inputs moved by whole pixels, the uncovered border filled with 0."""
+  out = np.zeros_like(inputs)
+  h, w = inputs.shape[1:3]
+  out[:, max(rows, 0):h + min(rows, 0), max(cols, 0):w + min(cols, 0)] = inputs[
+      :, max(-rows, 0):h - max(rows, 0), max(-cols, 0):w - max(cols, 0)]
+  return out
+
+
+def scores_of(classifier: predict.Classifier, inputs: np.ndarray, tta: str = 'none') -> np.ndarray:
+  """The classifier's scores of every input, in fixed-size chunks (one compilation); with
+  `tta`, the mean of its scores over `TTA_VIEWS[tta]`."""
+  if tta not in TTA_VIEWS:
+    raise EvaluationError(f'tta={tta!r} is not one of {", ".join(TTA_VIEWS)}')
+  if tta != 'none':
+    return np.mean([scores_of(classifier, shifted(inputs, r, c)) for r, c in TTA_VIEWS[tta]],
+                   axis=0)
   out = []
   for start in range(0, len(inputs), CHUNK):
     chunk = inputs[start:start + CHUNK]
@@ -161,12 +186,16 @@ def scores_of(classifier: predict.Classifier, inputs: np.ndarray) -> np.ndarray:
 
 
 def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
-             skip_unknown: bool = False, data_dir: str = '', tfds_dir: str = '') -> dict:
+             skip_unknown: bool = False, data_dir: str = '', tfds_dir: str = '',
+             tta: str = 'none') -> dict:
   """Scores the run (or the SVC on its features) on `data` (see the module docstring).
 
   `data_dir` / `tfds_dir` say where a dataset split's archive and prepared data are, when
-  not where the run's config looked.
+  not where the run's config looked. `tta` averages the scores over shifted copies of each
+  image (`TTA_VIEWS`): choose it on the `validation` split, then apply it to test.
   """
+  if tta not in TTA_VIEWS:
+    raise EvaluationError(f'--tta={tta!r} is not one of {", ".join(TTA_VIEWS)}')
   if workdir is None:
     workdir = svc_lib.load(svc)[1]['cnn_workdir']  # the network the SVC reads
   classifier = predict.load_classifier(workdir, svc)
@@ -199,7 +228,7 @@ def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
     inputs = np.stack([predict.to_input(g, config.image_size) for g in greys])
     source.update(kind='folder', path=str(path.resolve()),
                   preprocessing='training (ink polarity judged from each image\'s border)')
-  scores = scores_of(classifier, inputs)
+  scores = scores_of(classifier, inputs, tta)
   if not np.all(np.isfinite(scores)):
     raise EvaluationError('The classifier gave NaN or infinite scores: its checkpoint is '
                           'probably damaged.')
@@ -207,7 +236,8 @@ def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
   confusion = rundir.confusion_matrix(labels, predictions, len(run_classes))
   counts = confusion.sum(1)
   return {
-      'workdir': str(workdir), 'svc': svc, **source,
+      'workdir': str(workdir), 'svc': svc, **source, 'tta': tta,
+      'tta_views': [list(v) for v in TTA_VIEWS[tta]],
       'images': int(len(labels)), 'accuracy': float(np.mean(predictions == labels)),
       'per_class_accuracy': {n: float(confusion[i, i] / counts[i])
                              for i, n in enumerate(run_classes) if counts[i]},
@@ -231,13 +261,14 @@ def main(argv):
   try:
     report = evaluate(flags.FLAGS.workdir, argv[1], svc=flags.FLAGS.svc,
                       skip_unknown=flags.FLAGS.skip_unknown_classes,
-                      data_dir=flags.FLAGS.data_dir, tfds_dir=flags.FLAGS.tfds_dir)
+                      data_dir=flags.FLAGS.data_dir, tfds_dir=flags.FLAGS.tfds_dir,
+                      tta=flags.FLAGS.tta)
   except (EvaluationError, runs.RunError, checkpointing.CheckpointError,
           configuration.ConfigError, archives.ArchiveError, registry.UnknownDatasetError,
           sources.DataNotFoundError) as e:
     sys.exit(f'charjax: {e}')
   out = pathlib.Path(flags.FLAGS.out) if flags.FLAGS.out else _default_out(
-      report['workdir'], argv[1])
+      report['workdir'], argv[1] + ('' if flags.FLAGS.tta == 'none' else f'_tta_{flags.FLAGS.tta}'))
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
   skipped = sum(report['skipped_unknown_classes'].values())
@@ -253,5 +284,9 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_dir', '', 'Where a dataset split\'s archive is (default: the '
                       'run\'s config, then the usual places).')
   flags.DEFINE_string('tfds_dir', '', 'Where prepared datasets are (default: the run\'s).')
-  flags.DEFINE_string('out', '', 'Report path (default <workdir>/evaluations/<data>.json).')
+  flags.DEFINE_string('out', '', 'Report path (default <workdir>/evaluations/<data>.json, '
+                      '<data>_tta_<views>.json with --tta).')
+  flags.DEFINE_enum('tta', 'none', list(TTA_VIEWS), 'Test-time augmentation: average the '
+                    'scores over shifted copies (shift1: 5 views, +-1 pixel; shift2: 9 views). '
+                    'Choose it on the validation split.')
   cli.run(main)

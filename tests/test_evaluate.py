@@ -75,3 +75,32 @@ def test_command_writes_the_report_and_refuses_unknown_data(reference_run, tmp_p
                          str(tmp_path / 'nowhere')], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 1 and 'is neither a split' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_shifted_moves_by_whole_pixels_and_fills_with_zero():
+  x = np.arange(1.0, 17.0).reshape(1, 4, 4, 1)
+  out = evaluate.shifted(x, 1, -2)
+  expected = np.zeros((4, 4))
+  expected[1:, :2] = x[0, :3, 2:, 0]
+  np.testing.assert_array_equal(out[0, ..., 0], expected)
+  np.testing.assert_array_equal(evaluate.shifted(x, 0, 0), x)
+
+
+def test_test_time_augmentation_averages_the_views_scores(reference_run):
+  from charjax import predict
+  from charjax import runs
+  from charjax.data import input_pipeline
+  _, workdir = reference_run
+  classifier = predict.load_classifier(str(workdir), None)
+  _, data = input_pipeline.load_splits(runs.load_config(workdir))
+  inputs = data.images['validation']
+  views = [evaluate.scores_of(classifier, evaluate.shifted(inputs, r, c))
+           for r, c in evaluate.TTA_VIEWS['shift1']]
+  np.testing.assert_allclose(evaluate.scores_of(classifier, inputs, 'shift1'),
+                             np.mean(views, 0), rtol=1e-6)
+  report = evaluate.evaluate(str(workdir), 'validation', tta='shift1')
+  assert report['tta'] == 'shift1' and len(report['tta_views']) == 5
+  assert report['accuracy'] == pytest.approx(
+      np.mean(np.argmax(np.mean(views, 0), -1) == data.labels['validation']))
+  with pytest.raises(evaluate.EvaluationError, match='not one of'):
+    evaluate.evaluate(str(workdir), 'validation', tta='rotate')
