@@ -205,3 +205,11 @@ def test_bfloat16_computes_in_bf16_keeps_float32_parameters_and_learns(reference
   assert lines[-1]['val_loss'] == pytest.approx(ref_lines[-1]['val_loss'], rel=0.15)
   _, _, restored, _ = runs.restore_best(tmp_path)
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(restored.params))
+
+
+def test_recipe_cnn_variant_trains_the_study_network_with_the_recipe():
+  from charjax.configs import recipe
+  config, cnn = recipe.get_config(), recipe.get_config('cnn')
+  configuration.validate(cnn)
+  assert cnn.model.name == 'SubsetCNN' and config.model.name == 'ResNet'
+  assert dict(cnn.optimizer) == dict(config.optimizer) and cnn.augment_translate > 0

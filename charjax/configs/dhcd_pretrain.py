@@ -7,7 +7,7 @@ that every layer but the output has the shape of the NHCD networks'.
 
   python -m charjax.train --config dhcd_pretrain --workdir runs/dhcd_pretrain
 
-Runtime and accuracy on this project's 2-core CPU: not measured yet (10 epochs of 55,000
+Runtime and accuracy on this project's 2-core CPU: not measured yet (10 epochs of about 54,800
 training images; the carved test split when the archive holds only Train/).
 """
 
