@@ -85,8 +85,21 @@ def _not_writable(err: BaseException) -> bool:
              for e in _messages(err))
 
 
+_CHECKPOINT_IO = ('orbax', 'tensorstore', 'zarr', 'OCDBT')
+
+
 def _orbax_leftover(record: logging.LogRecord) -> bool:
-  return 'never retrieved' in record.getMessage() and 'orbax' in record.getMessage()
+  """Whether `record` is asyncio's report of a failed checkpoint read nobody awaited.
+
+  The future it names is Orbax's or asyncio's own wrapper (`_wrap_awaitable`), so the
+  exception's text, where tensorstore names its driver, is read too.
+  """
+  message = record.getMessage()
+  if 'never retrieved' not in message:
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  text = message + (f' {type(error).__name__}: {error}' if error is not None else '')
+  return any(word in text for word in _CHECKPOINT_IO)
 
 
 def _drop_async_leftovers() -> None:

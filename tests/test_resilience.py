@@ -278,3 +278,16 @@ def test_resuming_from_a_damaged_checkpoint_is_one_clear_line(reference, tmp_pat
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('charjax: ') and 'is damaged' in last
   assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr
+
+
+def test_asyncio_reports_of_failed_checkpoint_reads_are_recognised():
+  import logging
+  err = ValueError('OUT_OF_RANGE: Error opening "zarr" driver: Error reading "step/.zarray"')
+  record = logging.LogRecord('asyncio', logging.ERROR, __file__, 1,
+                             "Task exception was never retrieved\nfuture: <Task finished "
+                             "coro=<_wrap_awaitable() done> exception=%r>", (err,),
+                             (ValueError, err, None))
+  assert checkpointing._orbax_leftover(record)  # pylint: disable=protected-access
+  other = logging.LogRecord('asyncio', logging.ERROR, __file__, 1,
+                            'Task exception was never retrieved', (), (KeyError, KeyError('x'), None))
+  assert not checkpointing._orbax_leftover(other)  # pylint: disable=protected-access
