@@ -162,7 +162,7 @@ def test_cli_trains_shows_progress_and_writes_results(prepared_dirs, tmp_path):
 
 @pytest.mark.parametrize('name', ['default', 'numerals', 'vowels', 'consonants', 'dhcd',
                                   'all_classes', 'feature_map', 'dhcd_pretrain', 'from_dhcd',
-                                  'recipe'])
+                                  'recipe', 'recipe_pretrain', 'recipe_from_dhcd'])
 def test_experiment_configs_are_valid(name):
   import importlib
   module = importlib.import_module(f'charjax.configs.{name}')
@@ -179,7 +179,7 @@ def test_experiment_configs_are_valid(name):
 def test_every_packaged_config_is_listed():
   assert set(configs.names()) == {'default', 'numerals', 'vowels', 'consonants', 'dhcd',
                                   'all_classes', 'feature_map', 'pca_svc', 'dhcd_pretrain',
-                                  'from_dhcd', 'recipe'}
+                                  'from_dhcd', 'recipe', 'recipe_pretrain', 'recipe_from_dhcd'}
 
 
 @pytest.mark.slow  # XLA's convolution (bf16) in unrolled loops: a long compile on CPU

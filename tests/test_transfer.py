@@ -48,3 +48,19 @@ def test_a_run_fine_tuned_from_another_starts_from_its_features(reference_run, t
   results = train.train_and_evaluate(config, str(tmp_path / 'finetuned'))
   assert results['initialised_from']['workdir'] == str(source.resolve())
   assert json.loads((tmp_path / 'finetuned' / 'config.json').read_text())['init_from'] == str(source)
+
+
+def test_resnet_transfer_keeps_every_layer_but_the_classifier():
+  import jax
+  import jax.numpy as jnp
+  from charjax import transfer
+  from charjax.nn import models
+  init = lambda n, seed: models.create({'name': 'ResNet', 'stage_features': (16, 32)},
+                                       num_classes=n).init(
+      jax.random.key(seed), jnp.zeros((1, 16, 16, 1)), train=False)['params']
+  pretrained, fresh = init(46, 0), init(36, 1)
+  out, record = transfer.transfer(fresh, pretrained)
+  assert sorted(record['initialised_fresh']) == ['Dense_0/bias', 'Dense_0/kernel']
+  assert 'stem/Conv2D_0/kernel' in record['copied'] and len(record['copied']) == sum(
+      1 for k in record['copied'] if not k.startswith('Dense_0'))
+  np.testing.assert_array_equal(out['stem_norm']['scale'], pretrained['stem_norm']['scale'])
