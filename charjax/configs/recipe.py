@@ -16,7 +16,9 @@ lowest validation loss.
 The variant `cnn` trains experiment 2's network (`SubsetCNN`) with the recipe, to
 separate what the network brings from what the training brings.
 
-Runtime and accuracy on this project's 2-core CPU: see docs/recipe.md.
+Runtime on this project's 2-core CPU: 12.3 min of training and validation (consonants,
+40 epochs). Test accuracy (seed 0): consonants 91.2%, numerals 97.9%, vowels 94.2%
+(study's exp. 2: 85.9 / 97.9 / 93.5). Details: docs/recipe.md.
 """
 
 import ml_collections

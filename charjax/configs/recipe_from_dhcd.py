@@ -8,7 +8,9 @@ training from scratch is this config against `recipe` on the same split.
   python -m charjax.train --config recipe_from_dhcd --workdir runs/recipe_consonants_from_dhcd
   python -m charjax.train --config recipe_from_dhcd --config.subset=numerals --workdir runs/recipe_numerals_from_dhcd
 
-Runtime and accuracy on this project's 2-core CPU: see docs/recipe.md.
+Runtime on this project's 2-core CPU: about 10 min per consonant run (40 epochs), 3.5 min
+for numerals or vowels. Test accuracy: consonants 95.39 ± 0.18% (3 seeds), numerals
+100.0%, vowels 98.7% (seed 0). Details: docs/recipe.md.
 """
 
 from charjax import configs

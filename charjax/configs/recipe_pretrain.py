@@ -8,7 +8,8 @@ parameter average), fewer epochs: the set is ten times the consonants'.
 
   python -m charjax.train --config recipe_pretrain --workdir runs/recipe_pretrain
 
-Runtime and accuracy on this project's 2-core CPU: see docs/recipe.md.
+Runtime on this project's 2-core CPU: 18.8 min of training and validation. Test accuracy
+(seed 0, test split carved from DHCD's Train/): 98.60%. Details: docs/recipe.md.
 """
 
 from charjax import configs
