@@ -28,7 +28,6 @@ keeps every round's raw per-epoch seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -64,6 +63,18 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the rounds\' orders.')
 WORKER = pathlib.Path(__file__).with_name('peer_workers.py')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+
+
+def _peer_augmentation(config) -> dict | None:
+  """The rotation and zoom ranges every framework applies (None: augmentation off); the
+  peers implement the study's rotation and zoom only, so shifts are refused."""
+  aug = augment.from_config(config)
+  if aug is None:
+    return None
+  if aug.max_translate:
+    raise SystemExit('charjax: the peers implement rotation and zoom only; run the '
+                     'comparison with --config.augment_translate=0.')
+  return {'max_rotation_degrees': aug.max_rotation_degrees, 'max_zoom': aug.max_zoom}
 
 def layers_of(model_config) -> list:
   """The network of `config.model` as peer_workers' layer list."""
@@ -137,6 +148,7 @@ def main(argv):
     raise app.UsageError('The peers train with RMSprop at a constant rate.')
   _, data = input_pipeline.load_splits(config)
   num_train, num_val = len(data.labels['train']), len(data.labels['validation'])
+  _peer_augmentation(config)  # refuses what the peers cannot do, before any work
   model = train.create_model(config, len(data.class_names))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
       (1, config.image_size, config.image_size, 1)), train=False))
@@ -149,7 +161,7 @@ def main(argv):
           'batch_size': config.batch_size, 'epochs': _EPOCHS.value,
           'learning_rate': config.optimizer.learning_rate, 'rho': config.optimizer.rho,
           'epsilon': config.optimizer.epsilon,
-          'augment': dataclasses.asdict(aug) if (aug := augment.from_config(config)) else None}
+          'augment': _peer_augmentation(config)}
   (tmp / 'spec.json').write_text(json.dumps(spec))
   args = config_args(sys.argv)
   frameworks = ['charjax', *_PEERS.value]
