@@ -170,11 +170,11 @@ def train_together(configs: list, dirs: list[pathlib.Path]) -> list[dict]:
         val = train._summarise(_unstack(val_sums, k))  # pylint: disable=protected-access
         record = train._epoch_record(epoch, train._summarise(mine), val, seconds, val_seconds,  # pylint: disable=protected-access
                                      num_train, rate, best=log.improves(val['loss']))
+        log.append(record)  # before the checkpoint, as in train.train_and_evaluate
         if record['best'] or epoch % config.checkpoint_every_epochs == 0 or (
             epoch == config.num_epochs):
           checkpointing.save(manager, epoch, _unstack(states, k),
                              train._checkpoint_metrics(record))  # pylint: disable=protected-access
-        log.append(record)
       logging.info('epoch %d/%d of %d seeds together: %.1f s; val accuracy %s', epoch,
                    config.num_epochs, len(configs), seconds + val_seconds,
                    ' '.join(f'{l.records[-1]["val_accuracy"]:.4f}' for l in logs))

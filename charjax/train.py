@@ -308,9 +308,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           record = _epoch_record(epoch, _summarise(train), val, seconds, val_seconds, num_train,
                                  float(learning_rate((epoch - 1) * steps_per_epoch)),
                                  best=log.improves(val['loss']))
+          # The line first: a resume keeps the lines up to its checkpoint, so a kill between
+          # the two leaves a line that is dropped, never a checkpoint without its line.
+          log.append(record)
           if record['best']:
             checkpointing.save(checkpoints, epoch, state, _checkpoint_metrics(record))
-          log.append(record)  # before a save of the latest: a resume drops later lines
           events.write(record)
           stopping = stop.requested  # read once: a signal may land between the two uses
           if (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs

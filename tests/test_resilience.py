@@ -166,6 +166,38 @@ def test_signal_landing_after_the_epochs_checkpoint_decision_still_saves(referen
   assert latest.latest_step() == epochs == 2
 
 
+class _Killed(BaseException):
+  """Stands for SIGKILL at an exact point: nothing after it runs."""
+
+
+@pytest.mark.parametrize('when', ['before', 'after'])
+def test_a_kill_next_to_a_checkpoint_save_resumes_to_the_same_run(reference, tmp_path,
+                                                                 monkeypatch, when):
+  """A kill just before or just after epoch 3's first checkpoint write (a best one in the
+  reference run) leaves a metrics log and checkpoints from which the resumed run is the
+  uninterrupted one, line for line."""
+  config, workdir = reference
+  config = config.copy_and_resolve_references()
+  real_save = checkpointing.save
+
+  def save(mngr, epoch, *args, **kwargs):
+    if epoch == 3 and when == 'before':
+      raise _Killed
+    real_save(mngr, epoch, *args, **kwargs)
+    if epoch == 3:
+      raise _Killed
+
+  monkeypatch.setattr(checkpointing, 'save', save)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(checkpointing, 'save', real_save)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert _curve(tmp_path) == _curve(workdir)
+  assert _outcome(tmp_path) == _outcome(workdir)
+  resumed = json.loads((tmp_path / 'results.json').read_text())['resumed_from_epoch']
+  assert resumed == (2 if when == 'before' else 3)
+
+
 def test_another_config_in_the_same_workdir_is_refused_unless_restart(reference, tmp_path):
   config, workdir = reference
   config = config.copy_and_resolve_references()
