@@ -33,6 +33,7 @@ import os
 import pathlib
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,32 +167,35 @@ def main(argv):
   args = config_args(sys.argv)
   frameworks = ['charjax', *_PEERS.value]
   rng = random.Random(_SEED.value)
-  rounds = []
-  for r in range(_ROUNDS.value):
-    order = frameworks[:]
-    rng.shuffle(order)
-    runs = {}
-    for framework in order:
-      time.sleep(_PAUSE.value)
-      if framework == 'charjax':
-        run = _run_charjax(args, tmp / f'charjax-{r}', _EPOCHS.value)
-        run['params'] = params
-      else:
-        run = _run_peer(framework, tmp / 'spec.json')
-        if 'missing' in run:
-          print(f'{framework}: not installed for {_PEER_PYTHON.value} ({run["missing"]})')
-          continue
-        if run['params'] != params:
-          raise AssertionError(f'{framework} has {run["params"]} parameters, charjax {params}.')
-      run['images_per_s'] = speed(run, num_train)
-      runs[framework] = run
-      print(f'round {r + 1}  {framework:<18}{run["images_per_s"]:>9.0f} img/s  epochs (s): '
-            + ' '.join(f'{s:.2f}' for s in run['epoch_seconds']), flush=True)
-    peers = {k: v['images_per_s'] for k, v in runs.items() if k != 'charjax'}
-    fastest = max(peers, key=peers.get) if peers else None
-    rounds.append({'order': order, 'runs': runs, 'fastest_peer': fastest,
-                   'ratio_to_fastest_peer': (runs['charjax']['images_per_s'] / peers[fastest]
-                                             if fastest else None)})
+  try:
+    rounds = []
+    for r in range(_ROUNDS.value):
+      order = frameworks[:]
+      rng.shuffle(order)
+      runs = {}
+      for framework in order:
+        time.sleep(_PAUSE.value)
+        if framework == 'charjax':
+          run = _run_charjax(args, tmp / f'charjax-{r}', _EPOCHS.value)
+          run['params'] = params
+        else:
+          run = _run_peer(framework, tmp / 'spec.json')
+          if 'missing' in run:
+            print(f'{framework}: not installed for {_PEER_PYTHON.value} ({run["missing"]})')
+            continue
+          if run['params'] != params:
+            raise AssertionError(f'{framework} has {run["params"]} parameters, charjax {params}.')
+        run['images_per_s'] = speed(run, num_train)
+        runs[framework] = run
+        print(f'round {r + 1}  {framework:<18}{run["images_per_s"]:>9.0f} img/s  epochs (s): '
+              + ' '.join(f'{s:.2f}' for s in run['epoch_seconds']), flush=True)
+      peers = {k: v['images_per_s'] for k, v in runs.items() if k != 'charjax'}
+      fastest = max(peers, key=peers.get) if peers else None
+      rounds.append({'order': order, 'runs': runs, 'fastest_peer': fastest,
+                     'ratio_to_fastest_peer': (runs['charjax']['images_per_s'] / peers[fastest]
+                                               if fastest else None)})
+  finally:  # the arrays and the runs' workdirs
+    shutil.rmtree(tmp, ignore_errors=True)
   summary = {f: float(np.median([r['runs'][f]['images_per_s'] for r in rounds
                                  if f in r['runs']]))
              for f in frameworks if any(f in r['runs'] for r in rounds)}

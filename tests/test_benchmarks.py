@@ -1,6 +1,7 @@
 """Smoke run of the benchmark scripts on tiny sizes (no timing asserts)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -223,14 +224,18 @@ def test_end_to_end_benchmark_on_generated_data(prepared_dirs, tmp_path):
   peers = [p for p, module in (('keras', 'keras'), ('torch', 'torch'))
            if importlib.util.find_spec(module)]
   out = tmp_path / 'e2e.json'
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.end_to_end', '--config=numerals',
        f'--config.data_dir={data_dir}', f'--config.tfds_dir={tfds_dir}',
        '--config.image_size=16', '--config.model.conv_features=(16, 32)',
        '--config.model.dense_features=8', '--config.batch_size=32', '--config.augment=True',
        '--epochs=2', '--rounds=2', '--pause=0', f'--peers={",".join(peers)}', f'--out={out}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'TMPDIR': str(scratch)})
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not list(scratch.glob('charjax-e2e-*'))  # its arrays and run folders are removed
   result = json.loads(out.read_text())
   assert len(result['rounds']) == 2 and result['train_images'] > 0
   # The peers are given charjax's augmentation (experiment 3's rotation and zoom).
