@@ -65,7 +65,6 @@ WORKER = pathlib.Path(__file__).with_name('peer_workers.py')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-
 def _peer_augmentation(config) -> dict | None:
   """The rotation and zoom ranges every framework applies (None: augmentation off); the
   peers implement the study's rotation and zoom only, so shifts are refused."""
@@ -76,6 +75,7 @@ def _peer_augmentation(config) -> dict | None:
     raise SystemExit('charjax: the peers implement rotation and zoom only; run the '
                      'comparison with --config.augment_translate=0.')
   return {'max_rotation_degrees': aug.max_rotation_degrees, 'max_zoom': aug.max_zoom}
+
 
 def layers_of(model_config) -> list:
   """The network of `config.model` as peer_workers' layer list."""
@@ -149,7 +149,7 @@ def main(argv):
     raise app.UsageError('The peers train with RMSprop at a constant rate.')
   _, data = input_pipeline.load_splits(config)
   num_train, num_val = len(data.labels['train']), len(data.labels['validation'])
-  _peer_augmentation(config)  # refuses what the peers cannot do, before any work
+  peer_augment = _peer_augmentation(config)  # refuses what the peers cannot do, first
   model = train.create_model(config, len(data.class_names))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
       (1, config.image_size, config.image_size, 1)), train=False))
@@ -162,7 +162,7 @@ def main(argv):
           'batch_size': config.batch_size, 'epochs': _EPOCHS.value,
           'learning_rate': config.optimizer.learning_rate, 'rho': config.optimizer.rho,
           'epsilon': config.optimizer.epsilon,
-          'augment': _peer_augmentation(config)}
+          'augment': peer_augment}
   (tmp / 'spec.json').write_text(json.dumps(spec))
   args = config_args(sys.argv)
   frameworks = ['charjax', *_PEERS.value]
