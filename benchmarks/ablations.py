@@ -9,8 +9,9 @@
   tile, as 16 batched matrix products, but inputs and outputs expanded 4x in memory by
   the tile transforms);
 - `winograd`: charjax's native convolution (`conv_impl='native'`) with register-tiled
-  direct kernels versus with its Winograd F(2x2, 3x3) kernels (charjax: transforms and
-  products per chunk of tiles in cache) for all three passes;
+  direct kernels, with Winograd F(2x2, 3x3) kernels only, and with F(4x4, 3x3) where the
+  shapes allow (charjax: transforms and products per chunk of tiles in cache), for all
+  three passes;
 - `fusion`: the native convolution followed by `pooling.max_pool_2x2` versus the two fused
   (`native_conv.conv_pool`: each output tile pooled as it is made, the gradients routed
   through the saved positions inside the native kernels);
@@ -76,8 +77,9 @@ VARIANTS = {
              'relu after pool (charjax)': (pooling, 'max_pool_2x2', pooling.max_pool_2x2)},
     'conv': {'winograd F(2x2,3x3)': (conv, 'conv_xla', winograd.conv),
              'xla (charjax)': (conv, 'conv_xla', conv.conv_xla)},
-    'winograd': {'native direct': (native_conv, 'WINOGRAD', False),
-                 'native winograd (charjax)': (native_conv, 'WINOGRAD', True)},
+    'winograd': {'native direct': (native_conv, 'WINOGRAD', 0),
+                 'native F(2x2,3x3)': (native_conv, 'WINOGRAD', 2),
+                 'native F(4x4,3x3) (charjax)': (native_conv, 'WINOGRAD', 4)},
     'fusion': {'conv, then max-pool': (native_conv, 'supports_pool', _never),
                'fused conv-pool (charjax)': (native_conv, 'supports_pool',
                                              native_conv.supports_pool)},

@@ -127,7 +127,7 @@ def test_ablations_benchmark_runs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())['rows']
   assert [r['choice'] for r in rows] == ['pool', 'pool', 'relu', 'relu', 'conv', 'conv',
-                                         'winograd', 'winograd', 'fusion', 'fusion',
+                                         'winograd', 'winograd', 'winograd', 'fusion', 'fusion',
                                          'dropout', 'dropout']
   assert all(r['images_per_s'] > 0 for r in rows)
   winograd, xla = rows[4:6]

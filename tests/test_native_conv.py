@@ -40,6 +40,10 @@ SHAPES = [
     ((2, 6, 6, 16), (3, 3, 16, 64)),     # 4 wide, four channel blocks (all by Winograd)
     ((2, 16, 18, 32), (3, 3, 32, 32)),   # Winograd: 56 tiles per image, a 30-tile chunk + 26
     ((1, 32, 32, 40), (3, 3, 40, 16)),   # Winograd: 225 tiles; 40 channels = 6 x 6 + 4
+    # F(4x4, 3x3): outputs multiples of 4; 64 tiles = 18-tile chunks 18 + 18 + 18 + 10, the
+    # input gradient's 34x34 output in partial tiles; 15 tiles of a non-square output.
+    ((2, 34, 34, 32), (3, 3, 32, 64)),
+    ((2, 14, 22, 24), (3, 3, 24, 16)),
 ]
 
 
@@ -58,8 +62,53 @@ def test_native_conv_equals_xla_conv_and_its_gradients(x_shape, kernel_shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
+# (x shape, kernel shape, the tiles each pass runs: forward, input gradient, kernel gradient)
+WINOGRAD_CASES = [
+    ((2, 16, 18, 32), (3, 3, 32, 32), (2, 4, 2)),    # 14x16 output; input gradient 16x18
+    ((1, 32, 32, 48), (3, 3, 48, 16), (2, 4, 2)),    # 30x30; 32x32
+    ((2, 34, 34, 32), (3, 3, 32, 64), (4, 4, 4)),    # 32x32; 34x34 in partial tiles
+    ((2, 14, 22, 32), (3, 3, 32, 16), (4, 4, 4)),    # 12x20; 14x22 in partial tiles
+    ((3, 9, 11, 16), (3, 3, 16, 16), (0, 4, 0)),     # odd 7x9: direct, but the input gradient
+]
+
+
 @needs_native
-@pytest.mark.parametrize('x_shape,kernel_shape', SHAPES[-3:])
+@pytest.mark.parametrize('x_shape,kernel_shape,tiles', WINOGRAD_CASES)
+def test_winograd_tiles_and_direct_kernels_agree(x_shape, kernel_shape, tiles):
+  """F(4x4, 3x3), F(2x2, 3x3) and the direct kernels compute the same convolution and
+  gradients, and each pass that can take a larger tile rounds differently (it ran)."""
+  kx, kk, kb, kg = jax.random.split(jax.random.key(7), 4)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, kernel_shape) / 4
+  bias = jax.random.normal(kb, kernel_shape[3:])
+  g = jax.random.normal(kg, (x_shape[0], x_shape[1] - 2, x_shape[2] - 2, kernel_shape[3]))
+  results = {}
+  for tile in (0, 2, 4):
+    y, vjp = jax.vjp(lambda x, k, b: native_conv.conv(x, k, b, tile), x, kernel, bias)
+    results[tile] = (y, *vjp(g))
+  for i, name in enumerate(('y', 'dx', 'dkernel')):
+    direct = results[0][i]
+    for tile in (2, 4):
+      got = results[tile][i]
+      # F(4x4)'s larger transform coefficients round a little more than F(2x2)'s.
+      np.testing.assert_allclose(got, direct, rtol=1e-5,
+                                 atol=(2e-6 if tile == 2 else 1e-5) * float(jnp.abs(direct).max()),
+                                 err_msg=f'{name} tile {tile}')
+    expected = tiles[i]
+    # Which algorithm ran shows in the rounding: a pass whose shapes take tile 4 differs
+    # from F(2x2), one that takes only tile 2 equals it, and no tile equals direct.
+    assert np.array_equal(results[4][i], results[2][i]) == (expected != 4), name
+    assert np.array_equal(results[4][i], direct) == (expected == 0), name
+
+
+def test_winograd_tile_argument():
+  assert [native_conv.winograd_tile(w) for w in (True, False, 0, 2, 4)] == [4, 0, 0, 2, 4]
+  with pytest.raises(ValueError, match='winograd=3'):
+    native_conv.winograd_tile(3)
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape', SHAPES[-5:-2])
 def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
   kx, kk, kb, kg = jax.random.split(jax.random.key(7), 4)
   x = jax.random.normal(kx, x_shape)
@@ -84,8 +133,11 @@ def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
 # and by direct kernels (winograd=False; a 2x4 kernel), on one-channel input (input
 # gradient by XLA from the unpooled gradient), and on windows of equal values.
 POOL_CASES = [
-    ((2, 10, 12, 16), (3, 3, 16, 32), True, False),
+    ((2, 10, 12, 16), (3, 3, 16, 32), True, False),   # 8x10 output: F(2x2)
     ((2, 10, 12, 16), (3, 3, 16, 32), True, True),
+    ((2, 18, 14, 32), (3, 3, 32, 16), 4, False),      # 16x12: F(4x4), 4 windows per tile
+    ((2, 18, 14, 32), (3, 3, 32, 16), 4, True),
+    ((2, 18, 14, 32), (3, 3, 32, 16), 2, False),
     ((2, 10, 12, 16), (3, 3, 16, 32), False, False),
     ((1, 7, 13, 48), (2, 4, 48, 16), True, True),
     ((2, 10, 10, 1), (3, 3, 1, 16), True, False),
@@ -228,12 +280,12 @@ def test_host_memory_settings_apply_on_glibc_linux_unless_opted_out(monkeypatch)
 
 @needs_native
 @pytest.mark.parametrize('pool', [False, True])
-@pytest.mark.parametrize('winograd', [False, True])
+@pytest.mark.parametrize('winograd', [0, 2, 4])
 def test_native_kernel_gradient_is_bitwise_reproducible(pool, winograd):
   """The kernel and bias gradients sum over images: the order of those additions must not
   depend on which thread took which image (the threaded path runs for any batch > 1)."""
   kx, kk, kg = jax.random.split(jax.random.key(7), 3)
-  x = jax.random.normal(kx, (37, 14, 14, 16))
+  x = jax.random.normal(kx, (37, 14 if winograd != 4 else 18, 14, 16))
   kernel = jax.random.normal(kk, (3, 3, 16, 32)) / 4
   bias = jnp.zeros(32)
   op = native_conv.conv_pool if pool else native_conv.conv

@@ -1,8 +1,8 @@
 """charjax's own CPU convolution: `native/conv.cc`, built on first use, called via XLA FFI.
 
 XLA:CPU's convolution runs the three passes of exp 2's second layer at 90-160 GFLOP/s on 2
-cores; the kernels in `native/conv.cc` (Winograd F(2x2, 3x3) for 3x3 layers, register-tiled
-direct convolutions elsewhere) do the same work in about half the time (see
+cores; the kernels in `native/conv.cc` (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 layers,
+register-tiled direct convolutions elsewhere) do the same work in much less time (see
 `benchmarks.conv_layers`). The source is compiled once per machine with the system's C++
 compiler (`$CXX`, else `g++`) and `-march=native` into a cache directory
 (`$CHARJAX_NATIVE_CACHE`, else `~/.cache/charjax`), keyed by a hash of the source, the
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from charjax.nn import pooling
 from charjax.runtime import sharding
@@ -42,9 +43,25 @@ _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad
             'pool_input_grad': 'CharjaxConvPoolInputGrad',
             'pool_kernel_grad': 'CharjaxConvPoolKernelGrad'}
 _FFI_PREFIX = 'charjax_conv_'
-# Whether `conv.Conv2D` asks for Winograd's algorithm where it applies (read when a model
-# is traced; `benchmarks.ablations` times both).
-WINOGRAD = True
+# The largest Winograd tile `conv.Conv2D` asks for (read when a model is traced;
+# `benchmarks.ablations --choices=winograd` times each): 4 = F(4x4, 3x3) where the output's
+# sizes are multiples of 4, else F(2x2, 3x3) where they are even; 2 = F(2x2, 3x3) only;
+# 0 = the direct kernels only.
+WINOGRAD = 4
+WINOGRAD_TILES = (0, 2, 4)
+
+
+def winograd_tile(winograd: int | bool) -> int:
+  """The tile of a `winograd` argument: 0, 2 or 4 (True means 4, False 0)."""
+  if isinstance(winograd, bool):
+    return 4 if winograd else 0
+  if winograd not in WINOGRAD_TILES:
+    raise ValueError(f'winograd={winograd!r} is not one of {WINOGRAD_TILES} (or a bool)')
+  return int(winograd)
+
+
+def _tile_attribute(winograd):
+  return np.int32(winograd_tile(winograd))  # the kernels' int32 `winograd` attribute
 
 
 def cache_dir() -> Path:
@@ -174,20 +191,23 @@ def _check(x, kernel, bias):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, winograd: bool = True) -> jax.Array:
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, winograd: int | bool = 4
+         ) -> jax.Array:
   """Valid, stride-1 NHWC x HWIO float32 convolution plus bias, in one pass.
 
   Equals `lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', ...) + bias` to float32
-  rounding; differentiable in `x`, `kernel` and `bias`. With `winograd` (the default) all
-  three passes of a 3x3 kernel use Winograd's F(2x2, 3x3) (16 instead of 36
-  multiplications per 2x2 output tile and channel pair) where the output's height and
-  width are even and the input's channels (the output gradient's, for the input
-  gradient) a multiple of 8; elsewhere, and with `winograd=False`, register-tiled direct
-  convolutions.
+  rounding; differentiable in `x`, `kernel` and `bias`. `winograd` is the largest
+  Winograd tile the three passes of a 3x3 kernel may use where the channels summed over
+  (the input's; the output gradient's for the input gradient) are a multiple of 8:
+  4 (the default) = F(4x4, 3x3), 36 instead of 144 multiplications per 4x4 output tile and
+  channel pair, where the output's height and width are multiples of 4 (the input
+  gradient: any size), else F(2x2, 3x3), 16 instead of 36 per 2x2 tile, where they are
+  even; 2 = F(2x2, 3x3) only; 0 (or False) = register-tiled direct convolutions, which
+  also run wherever Winograd does not apply.
   """
   _check(x, kernel, bias)
   return _call('forward', lambda x, k, b: [_conv_shape(x.shape, k.shape)], x, kernel, bias,
-               batched=(True, False, False), winograd=bool(winograd))[0]
+               batched=(True, False, False), winograd=_tile_attribute(winograd))[0]
 
 
 def _forward(x, kernel, bias, winograd):
@@ -198,11 +218,11 @@ def _backward(winograd, residuals, dy):
   x, kernel = residuals
   if kernel.shape[2] % LANES == 0:
     dx = _call('input_grad', lambda dy, k: [_input_shape(dy.shape, k.shape)], dy, kernel,
-               batched=(True, False), winograd=bool(winograd))[0]
+               batched=(True, False), winograd=_tile_attribute(winograd))[0]
   else:
     dx = _xla_input_grad(x, kernel, dy)
   dkernel, dbias = _call('kernel_grad', lambda x, dy: [kernel.shape, kernel.shape[3:]], x, dy,
-                         batched=(True, True), summed=True, winograd=bool(winograd))
+                         batched=(True, True), summed=True, winograd=_tile_attribute(winograd))
   return dx, dkernel, dbias
 
 
@@ -218,7 +238,7 @@ def _xla_input_grad(x, kernel, dy):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-              winograd: bool = True) -> jax.Array:
+              winograd: int | bool = 4) -> jax.Array:
   """`pooling.max_pool_2x2(conv(x, kernel, bias, winograd))` in one pass.
 
   Each 2x2 window of the convolution's output is pooled as it is computed (with Winograd,
@@ -239,7 +259,7 @@ def _conv_pool(x, kernel, bias, winograd):
     return [(n, ho // 2, wo // 2, cout)] * 2
   return _call('pool_forward', shapes, x, kernel, bias, batched=(True, False, False),
                dtypes=[jnp.float32, jnp.int8],
-               winograd=bool(winograd))
+               winograd=_tile_attribute(winograd))
 
 
 def _conv_pool_forward(x, kernel, bias, winograd):
@@ -253,14 +273,14 @@ def _conv_pool_backward(winograd, residuals, dy):
     dx = _call('pool_input_grad',
                lambda dy, p, k: [_input_shape((dy.shape[0], 2 * dy.shape[1], 2 * dy.shape[2],
                                                dy.shape[3]), k.shape)],
-               dy, positions, kernel, batched=(True, True, False), winograd=bool(winograd))[0]
+               dy, positions, kernel, batched=(True, True, False), winograd=_tile_attribute(winograd))[0]
   else:
     full = (x.shape[0], x.shape[1] - kernel.shape[0] + 1, x.shape[2] - kernel.shape[1] + 1,
             kernel.shape[3])
     dx = _xla_input_grad(x, kernel, pooling.unpool(dy, positions, full))
   dkernel, dbias = _call('pool_kernel_grad', lambda x, dy, p: [kernel.shape, kernel.shape[3:]],
                          x, dy, positions, batched=(True, True, True), summed=True,
-                         winograd=bool(winograd))
+                         winograd=_tile_attribute(winograd))
   return dx, dkernel, dbias
 
 

@@ -1,10 +1,12 @@
 // Valid, stride-1 NHWC x HWIO convolutions for XLA:CPU as XLA FFI handlers.
 //
 // Three algorithms, all without a patch matrix in memory:
-// - Winograd F(2x2, 3x3) for 3x3 kernels with even output sizes: per image, chunks of
-//   2x2 output tiles are transformed, multiplied as 16 register-tiled matrix products and
-//   transformed back (forward and input gradient), or summed into the transformed kernel
-//   gradient (kernel gradient).
+// - Winograd F(4x4, 3x3) for 3x3 kernels whose output sizes are multiples of 4 (the input
+//   gradient, computed on a padded copy, takes any size), else F(2x2, 3x3) for even ones:
+//   per image, chunks of output tiles are transformed, multiplied as 36 (16)
+//   register-tiled matrix products and transformed back (forward and input gradient), or
+//   summed into the transformed kernel gradient (kernel gradient). The handlers' `winograd`
+//   attribute is the largest tile to use: 4, 2, or 0 for the direct kernels only.
 // - Register-tiled direct convolutions elsewhere: a tile is R output pixels of one row
 //   times 16 output channels, accumulated in 2R vector registers (starting from the bias)
 //   over every tap and input channel; the kernel gradient tiles R input channels times 16
@@ -262,29 +264,135 @@ void UnpoolImage(const float* dy, const int8_t* position, int64_t ho, int64_t wo
       }
 }
 
-// Winograd F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for the 4x4
-// input tile d under it, so the 36 multiply-adds per tile and channel pair of a 3x3 kernel
-// become 16, done as 16 matrix products (tiles x cin times cin x cout). Tiles are taken in
-// chunks per image; a chunk's transformed input V [16][tiles][cin] and products
-// M [16][tiles][cout] stay in the core's L2.
-constexpr int64_t kWinogradChunk = 30;  // tiles per chunk: five 6-row register tiles
+// Winograd F(m x m, 3x3), m = 2 or 4: each m x m output tile is A^T [(G g G^T) * (B^T d B)] A
+// for the (m + 2) x (m + 2) input tile d under it, so the 9 m^2 multiply-adds per tile and
+// channel pair of a 3x3 kernel become (m + 2)^2 (F(2x2): 16 instead of 36, 2.25x fewer;
+// F(4x4): 36 instead of 144, 4x fewer), done as (m + 2)^2 matrix products (tiles x cin
+// times cin x cout). Tiles are taken in chunks per image; a chunk's transformed input
+// V [P][tiles][cin] and products M [P][tiles][cout] (P = (m + 2)^2 positions) stay in the
+// core's L2. F(4x4)'s transforms have larger coefficients (up to 8 and 1/6), so it rounds a
+// little more than F(2x2): still within float32 tolerances of a direct convolution.
+template <int M>
+struct Winograd;
 
-// The kernel transform of F(2x2, 3x3).
-constexpr float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+template <>
+struct Winograd<2> {
+  static constexpr int kAlpha = 4;
+  static constexpr int64_t kChunk = 30;  // tiles per chunk: five 6-row register tiles
+  // The kernel transform G.
+  static constexpr float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+  // B^T d for 4 values: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+  static inline void Input(const v8 (&d)[4], v8 (&r)[4]) {
+    r[0] = _mm256_sub_ps(d[0], d[2]);
+    r[1] = _mm256_add_ps(d[1], d[2]);
+    r[2] = _mm256_sub_ps(d[2], d[1]);
+    r[3] = _mm256_sub_ps(d[1], d[3]);
+  }
+  // A^T m for 4 values: A^T = [1 1 1 0; 0 1 -1 -1].
+  static inline void Output(const v8 (&m)[4], v8 (&y)[2]) {
+    y[0] = _mm256_add_ps(_mm256_add_ps(m[0], m[1]), m[2]);
+    y[1] = _mm256_sub_ps(_mm256_sub_ps(m[1], m[2]), m[3]);
+  }
+  // A y for 2 values (the kernel gradient's transform of the output gradient).
+  static inline void Grad(const v8 (&y)[2], v8 (&r)[4]) {
+    r[0] = y[0];
+    r[1] = _mm256_add_ps(y[0], y[1]);
+    r[2] = _mm256_sub_ps(y[0], y[1]);
+    r[3] = _mm256_sub_ps(_mm256_setzero_ps(), y[1]);
+  }
+};
 
-bool WinogradApplies(int64_t kh, int64_t kw, int64_t ho, int64_t wo, int64_t cin) {
-  return kh == 3 && kw == 3 && ho % 2 == 0 && wo % 2 == 0 && cin % 8 == 0;
+template <>
+struct Winograd<4> {
+  static constexpr int kAlpha = 6;
+  static constexpr int64_t kChunk = 18;  // three 6-row register tiles
+  // Interpolation points 0, 1, -1, 2, -2 and infinity.
+  static constexpr float G[6][3] = {{1.f / 4, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6},
+                                    {1.f / 24, -1.f / 12, 1.f / 6},
+                                    {0, 0, 1}};
+  // B^T d: rows [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+  // 0 4 0 -5 0 1].
+  static inline void Input(const v8 (&d)[6], v8 (&r)[6]) {
+    const v8 four = _mm256_set1_ps(4.f), five = _mm256_set1_ps(5.f), two = _mm256_set1_ps(2.f);
+    const v8 t0 = _mm256_fnmadd_ps(four, d[2], d[4]);  // d4 - 4 d2
+    const v8 t1 = _mm256_fnmadd_ps(four, d[1], d[3]);  // d3 - 4 d1
+    const v8 t2 = _mm256_sub_ps(d[4], d[2]);
+    const v8 t3 = _mm256_sub_ps(d[3], d[1]);
+    r[0] = _mm256_fnmadd_ps(five, d[2], fma(four, d[0], d[4]));
+    r[1] = _mm256_add_ps(t0, t1);
+    r[2] = _mm256_sub_ps(t0, t1);
+    r[3] = fma(two, t3, t2);
+    r[4] = _mm256_fnmadd_ps(two, t3, t2);
+    r[5] = _mm256_fnmadd_ps(five, d[3], fma(four, d[1], d[5]));
+  }
+  // A^T m: rows [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+  static inline void Output(const v8 (&m)[6], v8 (&y)[4]) {
+    const v8 a = _mm256_add_ps(m[1], m[2]), b = _mm256_sub_ps(m[1], m[2]);
+    const v8 c = _mm256_add_ps(m[3], m[4]), d = _mm256_sub_ps(m[3], m[4]);
+    y[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
+    y[1] = fma(_mm256_set1_ps(2.f), d, b);
+    y[2] = fma(_mm256_set1_ps(4.f), c, a);
+    y[3] = _mm256_add_ps(fma(_mm256_set1_ps(8.f), d, b), m[5]);
+  }
+  // A y for 4 values.
+  static inline void Grad(const v8 (&y)[4], v8 (&r)[6]) {
+    const v8 even = _mm256_add_ps(y[0], y[2]), odd = _mm256_add_ps(y[1], y[3]);
+    const v8 even4 = fma(_mm256_set1_ps(4.f), y[2], y[0]);
+    const v8 odd8 = fma(_mm256_set1_ps(8.f), y[3], _mm256_add_ps(y[1], y[1]));
+    r[0] = y[0];
+    r[1] = _mm256_add_ps(even, odd);
+    r[2] = _mm256_sub_ps(even, odd);
+    r[3] = _mm256_add_ps(even4, odd8);
+    r[4] = _mm256_sub_ps(even4, odd8);
+    r[5] = y[3];
+  }
+};
+
+// The Winograd tile (0: none, direct kernels) for a 3x3-or-not kernel with an ho x wo output
+// and `channels` channels in the products' sum, given the requested one (0, 2 or 4).
+// `ragged`: the caller pads the input so that partial tiles at the bottom and right may
+// read past the output (the input gradient's padded copy); otherwise the tiles must
+// divide the output.
+int WinogradTile(int requested, int64_t kh, int64_t kw, int64_t ho, int64_t wo,
+                 int64_t channels, bool ragged = false) {
+  if (requested == 0 || kh != 3 || kw != 3 || channels % 8) return 0;
+  if (requested == 4 && (ragged || (ho % 4 == 0 && wo % 4 == 0))) return 4;
+  if (ragged || (ho % 2 == 0 && wo % 2 == 0)) return 2;
+  return 0;
 }
 
-// Floats of one worker's Winograd buffers: V [16][chunk][cin], then M [16][chunk][cout].
+// Floats between positions in a chunk's V or M: the chunk plus one cache line, so that the
+// P positions a tile's transform reads or writes at once do not all fall in the same few
+// sets of the L1 cache (with chunk * channels floats apart, 36 positions of F(4x4) would
+// compete for 4 sets, 32 lines).
+constexpr int64_t kSkew = 16;
+template <int M>
+constexpr int64_t PositionStride(int64_t channels) {
+  return Winograd<M>::kChunk * channels + kSkew;
+}
+
+// Floats of one worker's Winograd buffers: V [P][chunk][cin], then M [P][chunk][cout]
+// (positions PositionStride apart).
+template <int M>
 constexpr int64_t WinogradScratch(int64_t cin, int64_t cout) {
-  return 16 * kWinogradChunk * (cin + cout);
+  return Winograd<M>::kAlpha * Winograd<M>::kAlpha *
+         (PositionStride<M>(cin) + PositionStride<M>(cout));
 }
 
-// U [16][cout / 16][cin][16] = G g G^T per channel pair of a 3x3 kernel [3][3][cin][cout]
+int64_t WinogradScratch(int tile, int64_t cin, int64_t cout) {
+  return tile == 4 ? WinogradScratch<4>(cin, cout) : tile == 2 ? WinogradScratch<2>(cin, cout) : 0;
+}
+
+// U [P][cout / 16][cin][16] = G g G^T per channel pair of a 3x3 kernel [3][3][cin][cout]
 // (`flip`: the input gradient's kernel, as in PackKernel).
+template <int M>
 std::vector<float> WinogradKernel(const float* w, int64_t cin, int64_t cout, bool flip) {
-  std::vector<float> u(16 * cin * cout);
+  constexpr int A = Winograd<M>::kAlpha;
+  const auto& G = Winograd<M>::G;
+  std::vector<float> u(A * A * cin * cout);
   for (int64_t c = 0; c < cin; ++c)
     for (int64_t o = 0; o < cout; ++o) {
       float g[3][3];
@@ -292,66 +400,77 @@ std::vector<float> WinogradKernel(const float* w, int64_t cin, int64_t cout, boo
         for (int j = 0; j < 3; ++j)
           g[i][j] = flip ? w[(((2 - i) * 3 + 2 - j) * cout + o) * cin + c]
                          : w[((i * 3 + j) * cin + c) * cout + o];
-      float gg[4][3];  // G g
-      for (int a = 0; a < 4; ++a)
+      float gg[A][3];  // G g
+      for (int a = 0; a < A; ++a)
         for (int j = 0; j < 3; ++j)
           gg[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
+      for (int a = 0; a < A; ++a)
+        for (int b = 0; b < A; ++b) {
           const float v = gg[a][0] * G[b][0] + gg[a][1] * G[b][1] + gg[a][2] * G[b][2];
-          u[(((a * 4 + b) * (cout / kLanes) + o / kLanes) * cin + c) * kLanes + o % kLanes] = v;
+          u[(((a * A + b) * (cout / kLanes) + o / kLanes) * cin + c) * kLanes + o % kLanes] = v;
         }
     }
   return u;
 }
 
-// V [16][kWinogradChunk][cin] = B^T d B for tiles [t0, t0 + count) of an image x [h][w][cin],
-// tiles_wide tiles per row; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+std::vector<float> WinogradKernel(int tile, const float* w, int64_t cin, int64_t cout,
+                                  bool flip) {
+  return tile == 4 ? WinogradKernel<4>(w, cin, cout, flip) : WinogradKernel<2>(w, cin, cout, flip);
+}
+
+// V [P][chunk][cin] = B^T d B for tiles [t0, t0 + count) of an image x [.][w][cin],
+// tiles_wide tiles per row.
+template <int M>
 void WinogradInput(const float* x, int64_t w, int64_t cin, int64_t tiles_wide, int64_t t0,
                    int64_t count, float* vs) {
+  constexpr int A = Winograd<M>::kAlpha;
+  const int64_t stride = PositionStride<M>(cin);
   for (int64_t t = 0; t < count; ++t) {
     const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
-    const float* d = x + (2 * ti * w + 2 * tj) * cin;
+    const float* d = x + (M * ti * w + M * tj) * cin;
     for (int64_t c = 0; c < cin; c += 8) {
-      v8 rows[4][4];
-      for (int r = 0; r < 4; ++r) {
-        v8 e[4];
-        for (int s = 0; s < 4; ++s) e[s] = load8(d + (r * w + s) * cin + c);
-        rows[r][0] = _mm256_sub_ps(e[0], e[2]);
-        rows[r][1] = _mm256_add_ps(e[1], e[2]);
-        rows[r][2] = _mm256_sub_ps(e[2], e[1]);
-        rows[r][3] = _mm256_sub_ps(e[1], e[3]);
+      v8 rows[A][A];  // B^T applied along each row of the tile
+      for (int r = 0; r < A; ++r) {
+        v8 e[A];
+        for (int s = 0; s < A; ++s) e[s] = load8(d + (r * w + s) * cin + c);
+        Winograd<M>::Input(e, rows[r]);
       }
       float* vt = vs + t * cin + c;
-      const int64_t stride = kWinogradChunk * cin;
-      for (int s = 0; s < 4; ++s) {
-        store8(vt + (0 * 4 + s) * stride, _mm256_sub_ps(rows[0][s], rows[2][s]));
-        store8(vt + (1 * 4 + s) * stride, _mm256_add_ps(rows[1][s], rows[2][s]));
-        store8(vt + (2 * 4 + s) * stride, _mm256_sub_ps(rows[2][s], rows[1][s]));
-        store8(vt + (3 * 4 + s) * stride, _mm256_sub_ps(rows[1][s], rows[3][s]));
+      for (int s = 0; s < A; ++s) {
+        v8 column[A], out[A];
+        for (int r = 0; r < A; ++r) column[r] = rows[r][s];
+        Winograd<M>::Input(column, out);
+        for (int a = 0; a < A; ++a) store8(vt + (a * A + s) * stride, out[a]);
       }
     }
   }
 }
 
-// One image by Winograd, same contract as ForwardImage; `scratch` holds
-// WinogradScratch(cin, cout) floats. With `position`, each 2x2 output tile is
-// max-pooled as it is made: y [ho/2][wo/2][cout] and position as PoolImage writes them.
-void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* u,
-                   const float* bias, int64_t cout, float* y, float* scratch,
+// One image by Winograd: x [.][w][cin] -> y [ho][wo][cout] (+ bias [cout]), U from
+// WinogradKernel; `scratch` holds WinogradScratch<M>(cin, cout) floats. The input must hold
+// every tile's (M + 2) x (M + 2) pixels: ceil(ho / M) * M + 2 rows and as many columns;
+// outputs of partial tiles past ho or wo are not written. With `position`, each 2x2 window
+// of a tile is max-pooled as it is made (ho, wo multiples of M): y [ho/2][wo/2][cout] and
+// position as PoolImage writes them.
+template <int M>
+void WinogradImage(const float* x, int64_t w, int64_t cin, const float* u, const float* bias,
+                   int64_t cout, int64_t ho, int64_t wo, float* y, float* scratch,
                    int8_t* position = nullptr) {
-  const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
+  constexpr int A = Winograd<M>::kAlpha, P = A * A;
+  constexpr int64_t chunk = Winograd<M>::kChunk;
+  const int64_t tiles_wide = (wo + M - 1) / M, tiles = (ho + M - 1) / M * tiles_wide;
+  const int64_t v_stride = PositionStride<M>(cin), m_stride = PositionStride<M>(cout);
   float* vs = scratch;
-  float* ms = scratch + 16 * kWinogradChunk * cin;
-  for (int64_t t0 = 0; t0 < tiles; t0 += kWinogradChunk) {
-    const int64_t count = std::min(kWinogradChunk, tiles - t0);
-    WinogradInput(x, w, cin, tiles_wide, t0, count, vs);
-    // M[p] = V[p] U[p] for the 16 positions p.
-    for (int64_t p = 0; p < 16; ++p)
+  float* ms = scratch + P * v_stride;
+  for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
+    const int64_t count = std::min(chunk, tiles - t0);
+    WinogradInput<M>(x, w, cin, tiles_wide, t0, count, vs);
+    // M[p] = V[p] U[p] for the P positions p.
+    for (int64_t p = 0; p < P; ++p)
       for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
         const float* up = u + (p * (cout / kLanes) + cb) * cin * kLanes;
-        const float* vp = vs + p * kWinogradChunk * cin;
-        float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
+        const float* vp = vs + p * v_stride;
+        float* mp = ms + p * m_stride + cb * kLanes;
         ForEachTile(count, [&](auto rows, int64_t t) {
           v8 acc[rows][2];
           for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
@@ -359,81 +478,96 @@ void WinogradImage(const float* x, int64_t h, int64_t w, int64_t cin, const floa
           StoreRows(acc, mp + t * cout, cout);
         });
       }
-    // Y = A^T M A + bias, A^T = [1 1 1 0; 0 1 -1 -1].
+    // Y = A^T M A + bias.
     for (int64_t t = 0; t < count; ++t) {
       const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
-      float* yt = y + (2 * ti * wo + 2 * tj) * cout;
       const float* mt = ms + t * cout;
-      const int64_t stride = kWinogradChunk * cout;
+      const int64_t stride = m_stride;
       for (int64_t o = 0; o < cout; o += 8) {
-        v8 cols[2][4];
-        for (int s = 0; s < 4; ++s) {
-          const v8 m0 = load8(mt + (0 * 4 + s) * stride + o), m1 = load8(mt + (1 * 4 + s) * stride + o);
-          const v8 m2 = load8(mt + (2 * 4 + s) * stride + o), m3 = load8(mt + (3 * 4 + s) * stride + o);
-          cols[0][s] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-          cols[1][s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+        v8 half[M][A];  // A^T applied along each column of the tile's M
+        for (int s = 0; s < A; ++s) {
+          v8 column[A], out[M];
+          for (int a = 0; a < A; ++a) column[a] = load8(mt + (a * A + s) * stride + o);
+          Winograd<M>::Output(column, out);
+          for (int i = 0; i < M; ++i) half[i][s] = out[i];
         }
         const v8 b = load8(bias + o);
-        v8 out[4];  // the tile's outputs in row-major order
-        for (int r = 0; r < 2; ++r) {
-          out[2 * r] = _mm256_add_ps(
-              _mm256_add_ps(_mm256_add_ps(cols[r][0], cols[r][1]), cols[r][2]), b);
-          out[2 * r + 1] = _mm256_add_ps(
-              _mm256_sub_ps(_mm256_sub_ps(cols[r][1], cols[r][2]), cols[r][3]), b);
+        v8 out[M][M];  // the tile's outputs
+        for (int i = 0; i < M; ++i) {
+          Winograd<M>::Output(half[i], out[i]);
+          for (int j = 0; j < M; ++j) out[i][j] = _mm256_add_ps(out[i][j], b);
         }
         if (position) {
-          const int64_t at = (t0 + t) * cout + o;
-          PoolStore(out, y + at, position + at);
+          for (int wi = 0; wi < M / 2; ++wi)
+            for (int wj = 0; wj < M / 2; ++wj) {
+              const v8 window[4] = {out[2 * wi][2 * wj], out[2 * wi][2 * wj + 1],
+                                    out[2 * wi + 1][2 * wj], out[2 * wi + 1][2 * wj + 1]};
+              const int64_t at =
+                  ((ti * (M / 2) + wi) * (wo / 2) + tj * (M / 2) + wj) * cout + o;
+              PoolStore(window, y + at, position + at);
+            }
         } else {
-          for (int r = 0; r < 2; ++r) {
-            store8(yt + r * wo * cout + o, out[2 * r]);
-            store8(yt + (r * wo + 1) * cout + o, out[2 * r + 1]);
-          }
+          const int64_t rows = std::min<int64_t>(M, ho - M * ti);
+          const int64_t cols = std::min<int64_t>(M, wo - M * tj);
+          float* yt = y + (M * ti * wo + M * tj) * cout + o;
+          for (int i = 0; i < rows; ++i)
+            for (int j = 0; j < cols; ++j) store8(yt + (i * wo + j) * cout, out[i][j]);
         }
       }
     }
   }
 }
 
+void WinogradImage(int tile, const float* x, int64_t w, int64_t cin, const float* u,
+                   const float* bias, int64_t cout, int64_t ho, int64_t wo, float* y,
+                   float* scratch, int8_t* position = nullptr) {
+  if (tile == 4)
+    WinogradImage<4>(x, w, cin, u, bias, cout, ho, wo, y, scratch, position);
+  else
+    WinogradImage<2>(x, w, cin, u, bias, cout, ho, wo, y, scratch, position);
+}
 
 // The kernel gradient by Winograd: with Y = A^T [U * V] A and U = G g G^T, dU = sum over
-// tiles of V * (A dY A^T) and dg = G^T dU G. du [16][cin][cout] accumulates one
-// image's dU (the final G^T . G is WinogradKernelGradient's).
-void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const float* dy,
-                       int64_t cout, float* du, float* scratch) {
-  const int64_t ho = h - 2, wo = w - 2, tiles_wide = wo / 2, tiles = ho / 2 * tiles_wide;
+// tiles of V * (A dY A^T) and dg = G^T dU G. du [P][cin][cout] accumulates one image's dU
+// (the final G^T . G is WinogradKernelGradient's). x [h][w][cin], dy [ho][wo][cout] with
+// ho and wo multiples of M.
+template <int M>
+void WinogradGradImage(const float* x, int64_t w, int64_t cin, const float* dy, int64_t cout,
+                       int64_t ho, int64_t wo, float* du, float* scratch) {
+  constexpr int A = Winograd<M>::kAlpha, P = A * A;
+  constexpr int64_t chunk = Winograd<M>::kChunk;
+  const int64_t tiles_wide = wo / M, tiles = ho / M * tiles_wide;
+  const int64_t v_stride = PositionStride<M>(cin), m_stride = PositionStride<M>(cout);
   float* vs = scratch;
-  float* ms = scratch + 16 * kWinogradChunk * cin;
-  for (int64_t t0 = 0; t0 < tiles; t0 += kWinogradChunk) {
-    const int64_t count = std::min(kWinogradChunk, tiles - t0);
-    WinogradInput(x, w, cin, tiles_wide, t0, count, vs);
-    // dM = A dY A^T, A = [1 0; 1 1; 1 -1; 0 -1].
+  float* ms = scratch + P * v_stride;
+  for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
+    const int64_t count = std::min(chunk, tiles - t0);
+    WinogradInput<M>(x, w, cin, tiles_wide, t0, count, vs);
+    // dM = A dY A^T.
     for (int64_t t = 0; t < count; ++t) {
       const int64_t ti = (t0 + t) / tiles_wide, tj = (t0 + t) % tiles_wide;
-      const float* d = dy + (2 * ti * wo + 2 * tj) * cout;
+      const float* d = dy + (M * ti * wo + M * tj) * cout;
       float* mt = ms + t * cout;
-      const int64_t stride = kWinogradChunk * cout;
+      const int64_t stride = m_stride;
       for (int64_t o = 0; o < cout; o += 8) {
-        const v8 d00 = load8(d + o), d01 = load8(d + cout + o);
-        const v8 d10 = load8(d + wo * cout + o), d11 = load8(d + (wo + 1) * cout + o);
-        // rows of A dY: [d0, d0 + d1, d0 - d1, -d1] for the tile's rows d0, d1
-        const v8 r[4][2] = {{d00, d01},
-                            {_mm256_add_ps(d00, d10), _mm256_add_ps(d01, d11)},
-                            {_mm256_sub_ps(d00, d10), _mm256_sub_ps(d01, d11)},
-                            {_mm256_sub_ps(_mm256_setzero_ps(), d10),
-                             _mm256_sub_ps(_mm256_setzero_ps(), d11)}};
-        for (int a = 0; a < 4; ++a) {
-          store8(mt + (a * 4 + 0) * stride + o, r[a][0]);
-          store8(mt + (a * 4 + 1) * stride + o, _mm256_add_ps(r[a][0], r[a][1]));
-          store8(mt + (a * 4 + 2) * stride + o, _mm256_sub_ps(r[a][0], r[a][1]));
-          store8(mt + (a * 4 + 3) * stride + o, _mm256_sub_ps(_mm256_setzero_ps(), r[a][1]));
+        v8 rows[A][M];  // A applied along each column of the tile
+        for (int j = 0; j < M; ++j) {
+          v8 column[M], out[A];
+          for (int i = 0; i < M; ++i) column[i] = load8(d + (i * wo + j) * cout + o);
+          Winograd<M>::Grad(column, out);
+          for (int a = 0; a < A; ++a) rows[a][j] = out[a];
+        }
+        for (int a = 0; a < A; ++a) {
+          v8 out[A];
+          Winograd<M>::Grad(rows[a], out);
+          for (int b = 0; b < A; ++b) store8(mt + (a * A + b) * stride + o, out[b]);
         }
       }
     }
-    for (int64_t p = 0; p < 16; ++p)
+    for (int64_t p = 0; p < P; ++p)
       for (int64_t cb = 0; cb < cout / kLanes; ++cb) {
-        const float* vp = vs + p * kWinogradChunk * cin;
-        const float* mp = ms + p * kWinogradChunk * cout + cb * kLanes;
+        const float* vp = vs + p * v_stride;
+        const float* mp = ms + p * m_stride + cb * kLanes;
         float* dup = du + p * cin * cout + cb * kLanes;
         ForEachTile(cin, [&](auto rows, int64_t c) {
           OuterProductTile<rows>(vp + c, 0, cin, mp, 0, cout, 1, count, dup + c * cout);
@@ -442,17 +576,24 @@ void WinogradGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const 
   }
 }
 
-// dw [3][3][cin][cout] = G^T dU G for du [16][cin][cout].
+// dw [3][3][cin][cout] = G^T dU G for du [P][cin][cout], summed position by position
+// (in a fixed order) over contiguous rows, which vectorise.
+template <int M>
 void WinogradKernelGradient(const float* du, int64_t cin, int64_t cout, float* dw) {
+  constexpr int A = Winograd<M>::kAlpha;
+  const auto& G = Winograd<M>::G;
   const int64_t size = cin * cout;
-  for (int64_t k = 0; k < size; ++k)
-    for (int i = 0; i < 3; ++i)
-      for (int j = 0; j < 3; ++j) {
-        float sum = 0.f;
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) sum += G[a][i] * G[b][j] * du[(a * 4 + b) * size + k];
-        dw[(i * 3 + j) * size + k] = sum;
-      }
+  std::fill(dw, dw + 9 * size, 0.f);
+  for (int a = 0; a < A; ++a)
+    for (int b = 0; b < A; ++b)
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          const float coefficient = G[a][i] * G[b][j];
+          if (coefficient == 0.f) continue;
+          const float* src = du + (a * A + b) * size;
+          float* dst = dw + (i * 3 + j) * size;
+          for (int64_t k = 0; k < size; ++k) dst[k] += coefficient * src[k];
+        }
 }
 
 constexpr int64_t kGradRows = 2;  // output rows per sweep: keeps x and dy rows in L1
@@ -482,7 +623,7 @@ void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const fl
 // y [n][ho/2][wo/2][cout] and positions (the first maximum's place in each window, 0-3).
 ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> bias, float* ys, int8_t* positions,
-                       bool use_winograd) {
+                       int32_t winograd_tile) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
@@ -491,13 +632,13 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   if (positions && (ho % 2 || wo % 2))
     return ffi::Error::InvalidArgument("charjax conv: pooling needs an even output size");
   const int64_t ysize = positions ? ho / 2 * (wo / 2) * cout : ho * wo * cout;
-  const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
-  const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cin, cout, false)
-                                             : PackKernel(w.typed_data(), kh * kw, cin, cout, false);
+  const int tile = WinogradTile(winograd_tile, kh, kw, ho, wo, cin);
+  const std::vector<float> panels = tile ? WinogradKernel(tile, w.typed_data(), cin, cout, false)
+                                         : PackKernel(w.typed_data(), kh * kw, cin, cout, false);
   const int64_t threads = Workers(pool, n);
   // Per worker: the Winograd chunk buffers, or the unpooled output of a direct pass.
   const int64_t scratch_size =
-      winograd ? WinogradScratch(cin, cout) : (positions ? ho * wo * cout : 0);
+      tile ? WinogradScratch(tile, cin, cout) : (positions ? ho * wo * cout : 0);
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_size));
   const float* xs = x.typed_data();
   ParallelFor(pool, n, threads, threads, [&](int64_t worker, int64_t, int64_t b) {
@@ -505,8 +646,9 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     float* yb = ys + b * ysize;
     int8_t* pb = positions ? positions + b * ysize : nullptr;
     float* work = scratch[worker].data();
-    if (winograd) {
-      WinogradImage(xb, h, wid, cin, panels.data(), bias.typed_data(), cout, yb, work, pb);
+    if (tile) {
+      WinogradImage(tile, xb, wid, cin, panels.data(), bias.typed_data(), cout, ho, wo, yb, work,
+                    pb);
     } else if (pb) {
       ForwardImage(xb, h, wid, cin, kh, kw, panels.data(), bias.typed_data(), cout, work);
       PoolImage(work, ho, wo, cout, yb, pb);
@@ -519,38 +661,41 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                   bool use_winograd) {
-  return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, use_winograd);
+                   int32_t winograd_tile) {
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, winograd_tile);
 }
 
 ffi::Error ForwardPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                       ffi::ResultBuffer<ffi::S8> positions, bool use_winograd) {
-  return ForwardImpl(pool, x, w, bias, y->typed_data(), positions->typed_data(), use_winograd);
+                       ffi::ResultBuffer<ffi::S8> positions, int32_t winograd_tile) {
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), positions->typed_data(), winograd_tile);
 }
 
 // dx = d conv(x, w) / dx applied to dy [n][ho][wo][cout] (with `positions`: the pooled
 // gradient [n][ho/2][wo/2][cout], routed to each window's first maximum), w
 // [kh][kw][cin][cout] -> dx [n][ho+kh-1][wo+kw-1][cin]. Each image of dy is zero-padded
-// into scratch, then convolved with the flipped, transposed kernel.
+// into scratch, then convolved with the flipped, transposed kernel; for Winograd the padding
+// reaches the next whole tile at the bottom and right, so any size takes the requested tile.
 ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* positions,
                          int64_t n, int64_t ho, int64_t wo, int64_t cout,
                          ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32>& dx,
-                         bool use_winograd) {
+                         int32_t winograd_tile) {
   const auto wd = w.dimensions();
   const int64_t kh = wd[0], kw = wd[1], cin = wd[2];
   if (cin % kLanes) return ffi::Error::InvalidArgument("charjax conv: cin % 16 != 0");
-  const int64_t hp = ho + 2 * (kh - 1), wp = wo + 2 * (kw - 1);
   const int64_t h = ho + kh - 1, wid = wo + kw - 1;
   const int64_t dysize = positions ? ho / 2 * (wo / 2) * cout : ho * wo * cout;
-  const bool winograd = use_winograd && WinogradApplies(kh, kw, h, wid, cout);
-  const std::vector<float> panels = winograd ? WinogradKernel(w.typed_data(), cout, cin, true)
-                                             : PackKernel(w.typed_data(), kh * kw, cout, cin, true);
+  const int tile = WinogradTile(winograd_tile, kh, kw, h, wid, cout, /*ragged=*/true);
+  const auto whole_tiles = [&](int64_t size) { return (size + tile - 1) / tile * tile + 2; };
+  const int64_t hp = tile ? whole_tiles(h) : ho + 2 * (kh - 1);
+  const int64_t wp = tile ? whole_tiles(wid) : wo + 2 * (kw - 1);
+  const std::vector<float> panels = tile ? WinogradKernel(tile, w.typed_data(), cout, cin, true)
+                                         : PackKernel(w.typed_data(), kh * kw, cout, cin, true);
   const int64_t threads = Workers(pool, n);
   // Per worker: the padded image, then the Winograd chunk buffers.
   const int64_t padded = hp * wp * cout;
   std::vector<std::vector<float>> scratch(
-      threads, std::vector<float>(padded + (winograd ? WinogradScratch(cin, cout) : 0)));
+      threads, std::vector<float>(padded + WinogradScratch(tile, cout, cin)));
   const std::vector<float> zeros(cin, 0.f);
   float* dxs = dx->typed_data();
   ParallelFor(pool, n, threads, threads, [&](int64_t worker, int64_t, int64_t b) {
@@ -562,8 +707,8 @@ ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* 
     else
       for (int64_t i = 0; i < ho; ++i)
         std::memcpy(interior + i * wp * cout, src + i * wo * cout, wo * cout * sizeof(float));
-    if (winograd)
-      WinogradImage(pad, hp, wp, cout, panels.data(), zeros.data(), cin,
+    if (tile)
+      WinogradImage(tile, pad, wp, cout, panels.data(), zeros.data(), cin, h, wid,
                     dxs + b * h * wid * cin, pad + padded);
     else
       ForwardImage(pad, hp, wp, cout, kh, kw, panels.data(), zeros.data(), cin,
@@ -573,18 +718,18 @@ ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* 
 }
 
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
+                     ffi::ResultBuffer<ffi::F32> dx, int32_t winograd_tile) {
   const auto dd = dy.dimensions();
   return InputGradImpl(pool, dy.typed_data(), nullptr, dd[0], dd[1], dd[2], dd[3], w, dx,
-                       use_winograd);
+                       winograd_tile);
 }
 
 ffi::Error InputGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                          ffi::Buffer<ffi::S8> positions, ffi::Buffer<ffi::F32> w,
-                         ffi::ResultBuffer<ffi::F32> dx, bool use_winograd) {
+                         ffi::ResultBuffer<ffi::F32> dx, int32_t winograd_tile) {
   const auto dd = dy.dimensions();
   return InputGradImpl(pool, dy.typed_data(), positions.typed_data(), dd[0], 2 * dd[1],
-                       2 * dd[2], dd[3], w, dx, use_winograd);
+                       2 * dd[2], dd[3], w, dx, winograd_tile);
 }
 
 // (dw, dbias) = the gradients of conv(x, w) + bias applied to dy (with `positions`: the
@@ -592,17 +737,17 @@ ffi::Error InputGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 // dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size comes from dw's shape.
 ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const float* dys,
                           const int8_t* positions, ffi::ResultBuffer<ffi::F32>& dw,
-                          ffi::ResultBuffer<ffi::F32>& dbias, bool use_winograd) {
+                          ffi::ResultBuffer<ffi::F32>& dbias, int32_t winograd_tile) {
   const auto xd = x.dimensions(), wd = dw->dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
   if (cout % kLanes) return ffi::Error::InvalidArgument("charjax conv: cout % 16 != 0");
   const int64_t ho = h - kh + 1, wo = wid - kw + 1, ysize = ho * wo * cout;
   const int64_t dysize = positions ? ho / 2 * (wo / 2) * cout : ysize;
-  const bool winograd = use_winograd && WinogradApplies(kh, kw, ho, wo, cin);
-  // dU (16 positions) by Winograd, else the kernel gradient itself.
-  const int64_t wsize = (winograd ? 16 : kh * kw) * cin * cout;
-  const int64_t work = winograd ? WinogradScratch(cin, cout) : 0;
+  const int tile = WinogradTile(winograd_tile, kh, kw, ho, wo, cin);
+  // dU ((tile + 2)^2 positions) by Winograd, else the kernel gradient itself.
+  const int64_t wsize = (tile ? (tile + 2) * (tile + 2) : kh * kw) * cin * cout;
+  const int64_t work = WinogradScratch(tile, cin, cout);
   const int64_t threads = Workers(pool, n), chunks = Chunks(n);
   // Per chunk: the kernel gradient (or dU) and the bias gradient of its images; per worker:
   // the Winograd buffers and the unpooled output gradient.
@@ -620,8 +765,10 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
       UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
       dyb = unpooled;
     }
-    if (winograd)
-      WinogradGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, cout, part, own);
+    if (tile == 4)
+      WinogradGradImage<4>(xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
+    else if (tile == 2)
+      WinogradGradImage<2>(xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
     else
       KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
     float* db = part + wsize;
@@ -631,8 +778,10 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   });
   for (int64_t c = 1; c < chunks; ++c)  // in chunk order: the same sum on every run
     for (int64_t k = 0; k < sums; ++k) partial[0][k] += partial[c][k];
-  if (winograd)
-    WinogradKernelGradient(partial[0].data(), cin, cout, dw->typed_data());
+  if (tile == 4)
+    WinogradKernelGradient<4>(partial[0].data(), cin, cout, dw->typed_data());
+  else if (tile == 2)
+    WinogradKernelGradient<2>(partial[0].data(), cin, cout, dw->typed_data());
   else
     std::memcpy(dw->typed_data(), partial[0].data(), wsize * sizeof(float));
   std::memcpy(dbias->typed_data(), partial[0].data() + wsize, cout * sizeof(float));
@@ -641,16 +790,16 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
-                      bool use_winograd) {
-  return KernelGradImpl(pool, x, dy.typed_data(), nullptr, dw, dbias, use_winograd);
+                      int32_t winograd_tile) {
+  return KernelGradImpl(pool, x, dy.typed_data(), nullptr, dw, dbias, winograd_tile);
 }
 
 ffi::Error KernelGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::S8> positions,
                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
-                          bool use_winograd) {
+                          int32_t winograd_tile) {
   return KernelGradImpl(pool, x, dy.typed_data(), positions.typed_data(), dw, dbias,
-                        use_winograd);
+                        winograd_tile);
 }
 
 }  // namespace
@@ -663,39 +812,39 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Ret<F32>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvInputGrad, InputGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>()
                                   .Ret<F32>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvKernelGrad, KernelGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>()
                                   .Ret<F32>().Ret<F32>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolForward, ForwardPool,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Ret<F32>().Ret<S8>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolInputGrad, InputGradPool,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<S8>().Arg<F32>()
                                   .Ret<F32>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvPoolKernelGrad, KernelGradPool,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>().Arg<F32>().Arg<S8>()
                                   .Ret<F32>().Ret<F32>()
-                                  .Attr<bool>("winograd"));
+                                  .Attr<int32_t>("winograd"));
