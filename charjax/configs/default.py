@@ -6,8 +6,8 @@ and change a few fields. The study's settings: RMSprop (Keras's rule) lr 5e-4, b
 
   python -m charjax.train --config default --workdir runs/default
 
-Runtime on this project's 2-core CPU: 13.8 min of training and validation (native
-convolution). Test accuracy: 87.2% (study: 85.9%).
+Runtime on this project's 2-core CPU: 11.7 min (code 76249ad). Test accuracy: 87.5%
+(study: 85.9%).
 """
 
 import ml_collections

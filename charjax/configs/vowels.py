@@ -2,7 +2,7 @@
 
   python -m charjax.train --config vowels --workdir runs/vowels
 
-Runtime on this project's 2-core CPU: 31 min, measured with older, slower code on a busy machine; not re-measured since. Test accuracy: 95.5% (study: 93.5%).
+Runtime on this project's 2-core CPU: 4.9 min (295 s, in the study run of code 76249ad). Test accuracy: 94.7% (study: 93.5%).
 """
 
 from charjax import configs
