@@ -72,20 +72,27 @@ WINOGRAD_CASES = [
 ]
 
 
-@needs_native
-@pytest.mark.parametrize('x_shape,kernel_shape,tiles', WINOGRAD_CASES)
-def test_winograd_tiles_and_direct_kernels_agree(x_shape, kernel_shape, tiles):
-  """F(4x4, 3x3), F(2x2, 3x3) and the direct kernels compute the same convolution and
-  gradients, and each pass that can take a larger tile rounds differently (it ran)."""
+def _conv_and_gradients(x_shape, kernel_shape, settings):
+  """{setting: (y, dx, dkernel, dbias)} of `native_conv.conv(..., winograd=setting)` on the
+  same random input, kernel, bias and output gradient."""
   kx, kk, kb, kg = jax.random.split(jax.random.key(7), 4)
   x = jax.random.normal(kx, x_shape)
   kernel = jax.random.normal(kk, kernel_shape) / 4
   bias = jax.random.normal(kb, kernel_shape[3:])
   g = jax.random.normal(kg, (x_shape[0], x_shape[1] - 2, x_shape[2] - 2, kernel_shape[3]))
   results = {}
-  for tile in (0, 2, 4):
-    y, vjp = jax.vjp(lambda x, k, b: native_conv.conv(x, k, b, tile), x, kernel, bias)
-    results[tile] = (y, *vjp(g))
+  for setting in settings:
+    y, vjp = jax.vjp(lambda x, k, b: native_conv.conv(x, k, b, setting), x, kernel, bias)
+    results[setting] = (y, *vjp(g))
+  return results
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape,tiles', WINOGRAD_CASES)
+def test_winograd_tiles_and_direct_kernels_agree(x_shape, kernel_shape, tiles):
+  """F(4x4, 3x3), F(2x2, 3x3) and the direct kernels compute the same convolution and
+  gradients, and each pass that can take a larger tile rounds differently (it ran)."""
+  results = _conv_and_gradients(x_shape, kernel_shape, (0, 2, 4))
   for i, name in enumerate(('y', 'dx', 'dkernel')):
     direct = results[0][i]
     for tile in (2, 4):
@@ -110,15 +117,7 @@ def test_winograd_tile_argument():
 @needs_native
 @pytest.mark.parametrize('x_shape,kernel_shape', SHAPES[-5:-2])
 def test_winograd_and_direct_kernels_agree(x_shape, kernel_shape):
-  kx, kk, kb, kg = jax.random.split(jax.random.key(7), 4)
-  x = jax.random.normal(kx, x_shape)
-  kernel = jax.random.normal(kk, kernel_shape) / 4
-  bias = jax.random.normal(kb, kernel_shape[3:])
-  g = jax.random.normal(kg, (x_shape[0], x_shape[1] - 2, x_shape[2] - 2, kernel_shape[3]))
-  results = {}
-  for winograd in (True, False):
-    y, vjp = jax.vjp(lambda x, k, b: native_conv.conv(x, k, b, winograd), x, kernel, bias)
-    results[winograd] = (y, *vjp(g))
+  results = _conv_and_gradients(x_shape, kernel_shape, (True, False))
   for name, got, want in zip(('y', 'dx', 'dkernel', 'dbias'), results[True], results[False]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()),
                                err_msg=name)

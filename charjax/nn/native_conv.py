@@ -273,7 +273,8 @@ def _conv_pool_backward(winograd, residuals, dy):
     dx = _call('pool_input_grad',
                lambda dy, p, k: [_input_shape((dy.shape[0], 2 * dy.shape[1], 2 * dy.shape[2],
                                                dy.shape[3]), k.shape)],
-               dy, positions, kernel, batched=(True, True, False), winograd=_tile_attribute(winograd))[0]
+               dy, positions, kernel, batched=(True, True, False),
+               winograd=_tile_attribute(winograd))[0]
   else:
     full = (x.shape[0], x.shape[1] - kernel.shape[0] + 1, x.shape[2] - kernel.shape[1] + 1,
             kernel.shape[3])

@@ -576,6 +576,14 @@ void WinogradGradImage(const float* x, int64_t w, int64_t cin, const float* dy, 
   }
 }
 
+void WinogradGradImage(int tile, const float* x, int64_t w, int64_t cin, const float* dy,
+                       int64_t cout, int64_t ho, int64_t wo, float* du, float* scratch) {
+  if (tile == 4)
+    WinogradGradImage<4>(x, w, cin, dy, cout, ho, wo, du, scratch);
+  else
+    WinogradGradImage<2>(x, w, cin, dy, cout, ho, wo, du, scratch);
+}
+
 // dw [3][3][cin][cout] = G^T dU G for du [P][cin][cout], summed position by position
 // (in a fixed order) over contiguous rows, which vectorise.
 template <int M>
@@ -594,6 +602,13 @@ void WinogradKernelGradient(const float* du, int64_t cin, int64_t cout, float* d
           float* dst = dw + (i * 3 + j) * size;
           for (int64_t k = 0; k < size; ++k) dst[k] += coefficient * src[k];
         }
+}
+
+void WinogradKernelGradient(int tile, const float* du, int64_t cin, int64_t cout, float* dw) {
+  if (tile == 4)
+    WinogradKernelGradient<4>(du, cin, cout, dw);
+  else
+    WinogradKernelGradient<2>(du, cin, cout, dw);
 }
 
 constexpr int64_t kGradRows = 2;  // output rows per sweep: keeps x and dy rows in L1
@@ -765,10 +780,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
       UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
       dyb = unpooled;
     }
-    if (tile == 4)
-      WinogradGradImage<4>(xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
-    else if (tile == 2)
-      WinogradGradImage<2>(xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
+    if (tile)
+      WinogradGradImage(tile, xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
     else
       KernelGradImage(xs + b * h * wid * cin, h, wid, cin, dyb, kh, kw, cout, part);
     float* db = part + wsize;
@@ -778,10 +791,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   });
   for (int64_t c = 1; c < chunks; ++c)  // in chunk order: the same sum on every run
     for (int64_t k = 0; k < sums; ++k) partial[0][k] += partial[c][k];
-  if (tile == 4)
-    WinogradKernelGradient<4>(partial[0].data(), cin, cout, dw->typed_data());
-  else if (tile == 2)
-    WinogradKernelGradient<2>(partial[0].data(), cin, cout, dw->typed_data());
+  if (tile)
+    WinogradKernelGradient(tile, partial[0].data(), cin, cout, dw->typed_data());
   else
     std::memcpy(dw->typed_data(), partial[0].data(), wsize * sizeof(float));
   std::memcpy(dbias->typed_data(), partial[0].data() + wsize, cout * sizeof(float));
