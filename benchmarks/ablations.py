@@ -16,7 +16,8 @@
   (`native_conv.conv_pool`: each output tile pooled as it is made, the gradients routed
   through the saved positions inside the native kernels);
 - `dropout`: `flax.linen.Dropout` (a float32 uniform, one threefry call, per element)
-  versus charjax's `dropout.Dropout` (8 or 16 random bits per element).
+  versus `dropout.Dropout` (8 or 16 random bits per element) with threefry's words and
+  with the counter hash's (charjax), in the network with the native convolution.
 
 Lone jitted train step of the `--model` network; the variants of a choice are timed in
 turns (`timing.interleaved`), `--repeats` rounds, medians reported.
@@ -84,10 +85,13 @@ VARIANTS = {
                'fused conv-pool (charjax)': (native_conv, 'supports_pool',
                                              native_conv.supports_pool)},
     'dropout': {'flax nn.Dropout': (dropout, 'Dropout', nn.Dropout),
-                'packed bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
+                'packed threefry bits': (dropout, 'Dropout',
+                                         functools.partial(dropout.Dropout,
+                                                           generator='threefry')),
+                'packed hash bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
 }
 # The convolution implementation each choice's models use.
-CONV_IMPL = {'winograd': 'native', 'fusion': 'native'}
+CONV_IMPL = {'winograd': 'native', 'fusion': 'native', 'dropout': 'native'}
 
 
 def main(argv):

@@ -1,4 +1,5 @@
-"""charjax.nn.dropout: masks from packed random bits, flax's inverted-dropout contract."""
+"""charjax.nn.dropout: masks from packed random bits (a counter hash, or threefry), flax's
+inverted-dropout contract, and the hash's statistics."""
 
 import jax
 import jax.numpy as jnp
@@ -8,18 +9,62 @@ import pytest
 from charjax.nn import dropout
 
 
+def _finalize_reference(h):
+  # MurmurHash3's fmix32, in uint64 arithmetic reduced mod 2**32 (written from its definition)
+  h = h.astype(np.uint64)
+  h ^= h >> 16
+  h = (h * 0x85EBCA6B) % 2 ** 32
+  h ^= h >> 13
+  h = (h * 0xC2B2AE35) % 2 ** 32
+  h ^= h >> 16
+  return h
+
+
+def _words_reference(key, count, generator):
+  if generator == 'threefry':
+    return np.asarray(jax.random.bits(key, (count,), jnp.uint32))
+  k0, k1 = (int(k) for k in np.asarray(jax.random.bits(key, (2,), jnp.uint32)))
+  inner = _finalize_reference(np.arange(count, dtype=np.uint64) ^ k0)
+  return _finalize_reference((inner + k1) % 2 ** 32).astype(np.uint32)
+
+
+@pytest.mark.parametrize('generator', dropout.GENERATORS)
 @pytest.mark.parametrize('keep_prob, lane_dtype, threshold', [(0.75, np.uint8, 192),
                                                                (0.3, np.uint16, 19661)])
 def test_keep_mask_compares_each_lane_of_the_random_words_with_a_threshold(
-    keep_prob, lane_dtype, threshold):
+    keep_prob, lane_dtype, threshold, generator):
   key, shape = jax.random.key(3), (3, 5, 7)
   per_word = 4 // np.dtype(lane_dtype).itemsize
-  words = np.asarray(jax.random.bits(key, (-(-105 // per_word),), jnp.uint32))
+  words = _words_reference(key, -(-105 // per_word), generator)
+  np.testing.assert_array_equal(
+      np.asarray(dropout.random_words(key, words.size, generator)), words)
   lanes = words.astype('<u4').view(lane_dtype)[:105].reshape(shape)
-  mask, prob = dropout.keep_mask(key, keep_prob, shape)
+  mask, prob = dropout.keep_mask(key, keep_prob, shape, generator)
   np.testing.assert_array_equal(np.asarray(mask), lanes < threshold)
   assert prob == threshold / 2 ** (8 * np.dtype(lane_dtype).itemsize)
   assert abs(prob - keep_prob) <= 2 ** -17
+
+
+def test_hash_words_bytes_are_uniform_and_uncorrelated_within_and_across_keys():
+  count = 1 << 18  # 1M bytes
+  a = np.asarray(dropout.random_words(jax.random.key(0), count)).view(np.uint8)
+  b = np.asarray(dropout.random_words(jax.random.key(1), count)).view(np.uint8)
+  # Byte values: chi-square with 255 degrees of freedom (mean 255, sd 22.6); 400 is 6 sd.
+  expected = a.size / 256
+  assert ((np.bincount(a, minlength=256) - expected) ** 2 / expected).sum() < 400
+  # Neighbouring bytes (lanes of one word and of consecutive words), and the two keys'
+  # streams: correlations of 1M pairs have sd 0.001.
+  x = a.astype(np.float64)
+  for lag in (1, 2, 3, 4, 5, 8):
+    assert abs(np.corrcoef(x[:-lag], x[lag:])[0, 1]) < 0.006, lag
+  assert abs(np.corrcoef(x, b.astype(np.float64))[0, 1]) < 0.006
+  # Keep-masks at 0.75 of the two keys agree as independent masks would: 0.75^2 + 0.25^2.
+  assert abs(((a < 192) == (b < 192)).mean() - 0.625) < 0.003
+
+
+def test_random_words_rejects_an_unknown_generator():
+  with pytest.raises(ValueError, match='not one of'):
+    dropout.random_words(jax.random.key(0), 4, 'philox')
 
 
 def test_lane_bits_are_exact_where_the_rate_allows():

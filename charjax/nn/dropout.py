@@ -1,11 +1,16 @@
-"""Dropout whose mask takes 8 or 16 random bits per element instead of 32.
+"""Dropout whose masks take 8 or 16 random bits per element, from a counter hash.
 
 `flax.linen.Dropout` draws a float32 uniform (one threefry call) per element, which is
 a large part of the 58-class network's step on CPU (its first convolution's output is
-large). `Dropout` here draws 32-bit threefry words and compares each of their 4 bytes (or
-2 halves) with a threshold: the same inverted dropout, with a quarter (or half) of the
-random-number work (measured with `python -m benchmarks.ablations --model=exp3
---batch=400 --choices=dropout`; docs/benchmarks.md).
+large). `Dropout` here compares each byte (or 16-bit half) of 32-bit random words with a
+threshold, a quarter (or half) of the words; and it makes those words with a counter-based
+hash rather than threefry: two rounds of MurmurHash3's 32-bit finalizer over the word's
+index, keyed by two threefry words drawn from the layer's key. Both are the same inverted
+dropout; the hash makes the mask nearly free on CPU, where threefry's 20 rounds per word
+were most of its cost (`python -m benchmarks.ablations --model=exp3 --batch=400
+--choices=dropout` times flax's, threefry's packed bits and the hash; docs/benchmarks.md).
+The hash is not a cryptographic generator; dropout needs masks that are uniform and
+uncorrelated between elements and keys, which tests/test_dropout.py checks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,38 @@ def lane_bits(keep_prob: float) -> int:
   return 8 if float(keep_prob * 256).is_integer() else 16
 
 
-def keep_mask(rng: jax.Array, keep_prob: float, shape) -> tuple[jax.Array, float]:
+GENERATORS = ('hash', 'threefry')
+
+
+def _finalize(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection of uint32 in which every output bit
+  depends on every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def random_words(rng: jax.Array, count: int, generator: str = 'hash') -> jax.Array:
+  """`count` random uint32 words from key `rng`.
+
+  'hash': word i = F(F(i ^ k0) + k1), F = `_finalize`, (k0, k1) = two threefry words of
+  `rng`: elementwise on an index, so XLA fuses it into the mask's consumer.
+  'threefry': `jax.random.bits(rng, (count,), uint32)`.
+  """
+  if generator == 'threefry':
+    return jax.random.bits(rng, (count,), jnp.uint32)
+  if generator != 'hash':
+    raise ValueError(f'generator={generator!r} is not one of {GENERATORS}')
+  if count > 2 ** 32:
+    raise ValueError(f'{count} random words exceed the hash counter\'s 2**32')
+  k = jax.random.bits(rng, (2,), jnp.uint32)
+  return _finalize(_finalize(jax.lax.iota(jnp.uint32, count) ^ k[0]) + k[1])
+
+
+def keep_mask(rng: jax.Array, keep_prob: float, shape, generator: str = 'hash'
+              ) -> tuple[jax.Array, float]:
   """(boolean mask of `shape`, its exact keep probability).
 
   Element i is kept when lane i of the random words (`lane_bits(keep_prob)` bits, as
@@ -30,13 +66,13 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape) -> tuple[jax.Array, float
   round(keep_prob * 2**bits), clipped to [1, 2**bits - 1]; the probability returned is
   threshold / 2**bits: `keep_prob` itself for multiples of 1/256 (0.75 for dropout 0.25),
   otherwise within 2**-17 of it, unless clipped (keep probabilities below 2**-17 or
-  above 1 - 2**-17).
+  above 1 - 2**-17). The words come from `random_words(rng, ..., generator)`.
   """
   bits = lane_bits(keep_prob)
   threshold = min(max(round(keep_prob * 2 ** bits), 1), 2 ** bits - 1)
   size = math.prod(shape)
   per_word = 32 // bits
-  words = jax.random.bits(rng, (-(-size // per_word),), jnp.uint32)
+  words = random_words(rng, -(-size // per_word), generator)
   lanes = jax.lax.bitcast_convert_type(words, jnp.uint8 if bits == 8 else jnp.uint16)
   mask = lanes.reshape(-1)[:size].reshape(shape) < threshold
   return mask, threshold / 2 ** bits
@@ -47,10 +83,12 @@ class Dropout(nn.Module):
 
   `flax.linen.Dropout`'s `rate` and `deterministic` (no `broadcast_dims`, no `rng`
   argument). Kept elements are scaled by 1 / (the mask's exact keep probability), so the
-  output's expectation is the input. Draws its key from the 'dropout' rng collection.
+  output's expectation is the input. Draws its key from the 'dropout' rng collection;
+  `generator` makes the mask's random words (`random_words`).
   """
   rate: float
   deterministic: bool | None = None
+  generator: str = 'hash'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -59,5 +97,6 @@ class Dropout(nn.Module):
       return x
     if self.rate == 1.0:
       return jnp.zeros_like(x)
-    mask, keep_prob = keep_mask(self.make_rng('dropout'), 1.0 - self.rate, x.shape)
+    mask, keep_prob = keep_mask(self.make_rng('dropout'), 1.0 - self.rate, x.shape,
+                               self.generator)
     return jnp.where(mask, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
