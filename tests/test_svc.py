@@ -58,3 +58,11 @@ def test_load_refuses_pickles_and_incomplete_files(tmp_path):
   np.savez(partial, classes=np.arange(3))
   with pytest.raises(ValueError, match='missing arrays'):
     svc.load(partial)
+
+
+def test_grid_search_scores_do_not_depend_on_the_number_of_threads():
+  x, y = _data()
+  one, three = (svc.grid_search(x, y, C=[1, 10, 100], gamma=[0.01, 0.1], folds=3,
+                                workers=w) for w in (1, 3))
+  np.testing.assert_array_equal(one.fold_scores, three.fold_scores)
+  assert one.best_params == three.best_params

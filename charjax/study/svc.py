@@ -8,6 +8,7 @@ any of its content (no pickle, no joblib).
 
 from __future__ import annotations
 
+from concurrent import futures
 import dataclasses
 import itertools
 import json
@@ -44,8 +45,14 @@ def squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return np.maximum(d, 0.0)
 
 
+def _usable_cpus() -> int:
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def grid_search(features: np.ndarray, labels: np.ndarray, *, C, gamma, folds: int = 5,
-                seed: int = 0) -> GridSearch:
+                seed: int = 0, workers: int | None = None) -> GridSearch:
   """Stratified `folds`-fold cross-validated grid search of an RBF SVC over `C` x `gamma`;
   refits the best on all of `features`.
 
@@ -56,6 +63,9 @@ def grid_search(features: np.ndarray, labels: np.ndarray, *, C, gamma, folds: in
   Cross-validated accuracies are identical (`benchmarks/svc_grid.py` compares them) except
   at degenerate grid points, where gamma is so large that the kernel is numerically the
   identity and predictions come down to ties; there the two may break ties differently.
+  The fits of one gamma (every fold and C) run on `workers` threads (default: the CPUs
+  this process may use; libsvm releases the GIL while it fits and predicts); each fit is
+  independent, so the scores do not depend on the number of threads.
   """
   C, gamma = tuple(C), tuple(gamma)
   labels = np.asarray(labels)
@@ -63,13 +73,19 @@ def grid_search(features: np.ndarray, labels: np.ndarray, *, C, gamma, folds: in
   splits = list(cv.split(features, labels))
   distances = squared_distances(features, features)
   scores = np.zeros((len(C), len(gamma), folds))
-  for j, g in enumerate(gamma):
-    kernel = np.exp(-g * distances)
-    for f, (train, test) in enumerate(splits):
-      k_train, k_test = kernel[np.ix_(train, train)], kernel[np.ix_(test, train)]
-      for i, c in enumerate(C):
-        model = svm.SVC(kernel='precomputed', C=c).fit(k_train, labels[train])
-        scores[i, j, f] = np.mean(model.predict(k_test) == labels[test])
+  workers = workers or _usable_cpus()
+  with futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    for j, g in enumerate(gamma):
+      kernel = np.exp(-g * distances)
+
+      def score(fold_and_c, kernel=kernel):
+        (train, test), c = splits[fold_and_c[0]], C[fold_and_c[1]]
+        model = svm.SVC(kernel='precomputed', C=c).fit(kernel[np.ix_(train, train)],
+                                                       labels[train])
+        return np.mean(model.predict(kernel[np.ix_(test, train)]) == labels[test])
+      cells = list(itertools.product(range(folds), range(len(C))))
+      for (f, i), value in zip(cells, pool.map(score, cells)):
+        scores[i, j, f] = value
   i, j = np.unravel_index(np.argmax(scores.mean(-1)), scores.shape[:2])
   best = svm.SVC(kernel='rbf', C=C[i], gamma=gamma[j]).fit(features, labels)
   return GridSearch(C=C, gamma=gamma, fold_scores=scores,
