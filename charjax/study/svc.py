@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent import futures
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -73,18 +74,17 @@ def grid_search(features: np.ndarray, labels: np.ndarray, *, C, gamma, folds: in
   splits = list(cv.split(features, labels))
   distances = squared_distances(features, features)
   scores = np.zeros((len(C), len(gamma), folds))
-  workers = workers or _usable_cpus()
-  with futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    for j, g in enumerate(gamma):
-      kernel = np.exp(-g * distances)
+  cells = list(itertools.product(range(folds), range(len(C))))  # (fold, C index)
 
-      def score(fold_and_c, kernel=kernel):
-        (train, test), c = splits[fold_and_c[0]], C[fold_and_c[1]]
-        model = svm.SVC(kernel='precomputed', C=c).fit(kernel[np.ix_(train, train)],
-                                                       labels[train])
-        return np.mean(model.predict(kernel[np.ix_(test, train)]) == labels[test])
-      cells = list(itertools.product(range(folds), range(len(C))))
-      for (f, i), value in zip(cells, pool.map(score, cells)):
+  def score(kernel, cell):
+    (train, test), c = splits[cell[0]], C[cell[1]]
+    model = svm.SVC(kernel='precomputed', C=c).fit(kernel[np.ix_(train, train)], labels[train])
+    return np.mean(model.predict(kernel[np.ix_(test, train)]) == labels[test])
+
+  with futures.ThreadPoolExecutor(max_workers=workers or _usable_cpus()) as pool:
+    for j, g in enumerate(gamma):
+      values = pool.map(functools.partial(score, np.exp(-g * distances)), cells)
+      for (f, i), value in zip(cells, values):
         scores[i, j, f] = value
   i, j = np.unravel_index(np.argmax(scores.mean(-1)), scores.shape[:2])
   best = svm.SVC(kernel='rbf', C=C[i], gamma=gamma[j]).fit(features, labels)
