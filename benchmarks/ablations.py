@@ -17,7 +17,11 @@
   through the saved positions inside the native kernels);
 - `dropout`: `flax.linen.Dropout` (a float32 uniform, one threefry call, per element)
   versus `dropout.Dropout` (8 or 16 random bits per element) with threefry's words and
-  with the counter hash's (charjax), in the network with the native convolution.
+  with the counter hash's (charjax), in the network with the native convolution
+  and every dropout a module of its own (none fused into a convolution);
+- `activation`: a convolution's ReLU and dropout as XLA operations after the native
+  convolution versus in the convolution's own pass (`native_conv.conv_relu_dropout`, the
+  same masks: charjax).
 
 Lone jitted train step of the `--model` network; the variants of a choice are timed in
 turns (`timing.interleaved`), `--repeats` rounds, medians reported.
@@ -49,7 +53,8 @@ _BATCH = flags.DEFINE_integer('batch', 800, 'Batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median taken).')
 _PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _CHOICES = flags.DEFINE_list('choices',
-                             ['pool', 'relu', 'conv', 'winograd', 'fusion', 'dropout'],
+                             ['pool', 'relu', 'conv', 'winograd', 'fusion', 'dropout',
+                              'activation'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -69,7 +74,10 @@ def _relu_first_pool(pool):
   return lambda x: pool(nn.relu(x))
 
 
-# choice -> variant -> (module, attribute, replacement looked up when the model is traced)
+_UNFUSED = (native_conv, 'FUSE_ACTIVATION', False)
+
+# choice -> variant -> (module, attribute, replacement looked up when the model is traced),
+# or a list of those
 VARIANTS = {
     'pool': {'flax nn.max_pool': (pooling, 'max_pool_2x2', _flax_pool),
              'reshape max (charjax)': (pooling, 'max_pool_2x2', pooling.max_pool_2x2)},
@@ -84,14 +92,19 @@ VARIANTS = {
     'fusion': {'conv, then max-pool': (native_conv, 'supports_pool', _never),
                'fused conv-pool (charjax)': (native_conv, 'supports_pool',
                                              native_conv.supports_pool)},
-    'dropout': {'flax nn.Dropout': (dropout, 'Dropout', nn.Dropout),
-                'packed threefry bits': (dropout, 'Dropout',
-                                         functools.partial(dropout.Dropout,
-                                                           generator='threefry')),
-                'packed hash bits (charjax)': (dropout, 'Dropout', dropout.Dropout)},
+    # Every dropout layer a `Dropout` module (none fused into a convolution's pass).
+    'dropout': {'flax nn.Dropout': [(dropout, 'Dropout', nn.Dropout), _UNFUSED],
+                'packed threefry bits': [(dropout, 'Dropout',
+                                          functools.partial(dropout.Dropout,
+                                                            generator='threefry')), _UNFUSED],
+                'packed hash bits (charjax)': [(dropout, 'Dropout', dropout.Dropout),
+                                               _UNFUSED]},
+    'activation': {'relu, dropout after the conv': _UNFUSED,
+                   'in the conv\'s pass (charjax)': (native_conv, 'FUSE_ACTIVATION', True)},
 }
 # The convolution implementation each choice's models use.
-CONV_IMPL = {'winograd': 'native', 'fusion': 'native', 'dropout': 'native'}
+CONV_IMPL = {'winograd': 'native', 'fusion': 'native', 'dropout': 'native',
+             'activation': 'native'}
 
 
 def main(argv):
@@ -102,16 +115,20 @@ def main(argv):
   rows = []
   for choice in _CHOICES.value:
     calls, flops = {}, {}
-    for name, (module, attribute, replacement) in VARIANTS[choice].items():
-      original = getattr(module, attribute)
-      setattr(module, attribute, replacement)
+    for name, patches in VARIANTS[choice].items():
+      patches = patches if isinstance(patches, list) else [patches]
+      originals = [(module, attribute, getattr(module, attribute))
+                   for module, attribute, _ in patches]
+      for module, attribute, replacement in patches:
+        setattr(module, attribute, replacement)
       try:
         jax.clear_caches()  # equal modules would otherwise reuse the previous trace
         fns = timing.model_functions(_MODEL.value, _BATCH.value, CONV_IMPL.get(choice, 'xla'))
         fn, args, images = fns['train_step']
         compiled, _, flops[name] = timing.compile_and_flops(fn, *args)
       finally:
-        setattr(module, attribute, original)
+        for module, attribute, original in originals:
+          setattr(module, attribute, original)
       calls[name] = functools.partial(compiled, *args)
     times = timing.interleaved(calls, rounds=_REPEATS.value, pause=_PAUSE.value)
     for name, seconds in times.items():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from charjax.nn import conv
+from charjax.nn import dropout
 from charjax.runtime import host_memory
 from charjax.nn import models
 from charjax.nn import native_conv
@@ -296,3 +297,116 @@ def test_native_kernel_gradient_is_bitwise_reproducible(pool, winograd):
     again = [np.asarray(a) for a in grads(x, kernel, bias)]
     for a, b in zip(first, again):
       assert a.tobytes() == b.tobytes()
+
+
+def _relu_dropout_reference(x, kernel, bias, rng, rate):
+  y = jax.nn.relu(_reference(x, kernel, bias))
+  if rate == 0:
+    return y
+  mask, keep_prob = dropout.keep_mask(rng, 1 - rate, y.shape)
+  return jnp.where(mask, y / keep_prob, 0)
+
+
+# (x shape, kernel shape, dropout rate): kernel gradient applying the activation's gradient
+# image by image (one input channel) or after one XLA pass (16: native input gradient);
+# 8-bit lanes (0.25, 0.5), 16-bit lanes (0.3), ReLU alone (0).
+ACT_CASES = [((3, 12, 12, 1), (3, 3, 1, 32), 0.25),
+             ((2, 9, 9, 16), (3, 3, 16, 32), 0.3),
+             ((2, 10, 10, 1), (3, 3, 1, 16), 0.0),
+             ((2, 8, 8, 16), (3, 3, 16, 16), 0.5)]
+
+
+@needs_native
+@pytest.mark.parametrize('x_shape,kernel_shape,rate', ACT_CASES)
+def test_conv_relu_dropout_equals_relu_then_dropout_and_its_gradients(x_shape, kernel_shape,
+                                                                     rate):
+  kx, kk, kb, kg = jax.random.split(jax.random.key(11), 4)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, kernel_shape) / 3
+  bias = jax.random.normal(kb, kernel_shape[3:]) / 10
+  rng = jax.random.key(5)
+  key = dropout.hash_key(rng)
+  fused = jax.jit(lambda x, k, b: native_conv.conv_relu_dropout(x, k, b, key, rate))
+  reference = lambda x, k, b: _relu_dropout_reference(x, k, b, rng, rate)
+  got, want = fused(x, kernel, bias), reference(x, kernel, bias)
+  # the same mask, element for element; values to float32 rounding
+  np.testing.assert_array_equal(np.asarray(got) == 0, np.asarray(want) == 0)
+  assert 0.2 < float(jnp.mean(got != 0)) < 0.8
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, want.shape)
+  grads = jax.jit(lambda *a: jax.vjp(fused, *a)[1](g))(x, kernel, bias)
+  grads_ref = jax.vjp(reference, x, kernel, bias)[1](g)
+  for a, b in zip(grads, grads_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+@needs_native
+def test_conv_layer_fuses_its_relu_and_dropout_without_changing_them(monkeypatch):
+  x = jax.random.uniform(jax.random.key(1), (4, 10, 10, 1))
+  layer = conv.Conv2D(32, impl='native', relu=True, dropout_rate=0.25)
+  params = layer.init(jax.random.key(0), x, deterministic=True)
+  results = {}
+  for fuse in (True, False):
+    monkeypatch.setattr(native_conv, 'FUSE_ACTIVATION', fuse)
+    f = lambda p: layer.apply(p, x, deterministic=False, rngs={'dropout': jax.random.key(3)})
+    hlo = jax.jit(f).lower(params).as_text()
+    assert ('charjax_conv_act_forward' in hlo) == fuse
+    y, vjp = jax.vjp(f, params)
+    results[fuse] = (y, vjp(jnp.cos(y))[0], layer.apply(params, x, deterministic=True))
+  (y, grads, eval_y), (y_ref, grads_ref, eval_ref) = results[True], results[False]
+  np.testing.assert_array_equal(np.asarray(y) == 0, np.asarray(y_ref) == 0)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+  np.testing.assert_allclose(eval_y, eval_ref, rtol=1e-6)
+  assert float(jnp.mean(eval_y == 0)) < float(jnp.mean(y == 0))  # no dropout in evaluation
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_conv_relu_dropout_draws_one_mask_per_key_under_vmap():
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+  kernel = jax.random.normal(jax.random.key(3), (3, 3, 1, 16))
+  bias = jnp.zeros(16)
+  keys = jnp.stack([dropout.hash_key(jax.random.key(s)) for s in range(3)])
+  f = lambda key: native_conv.conv_relu_dropout(x, kernel, bias, key, 0.25)
+  together = jax.jit(jax.vmap(f))(keys)
+  for i in range(3):
+    np.testing.assert_array_equal(together[i], f(keys[i]))
+  assert not np.array_equal(np.asarray(together[0]) == 0, np.asarray(together[1]) == 0)
+
+
+_SPLIT_SCRIPT = r'''
+import jax, jax.numpy as jnp, numpy as np
+from charjax.nn import dropout, native_conv
+from charjax.runtime import sharding
+x = jax.random.normal(jax.random.key(0), (6, 10, 10, 1))
+kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
+bias = jnp.zeros(16)
+key = dropout.hash_key(jax.random.key(2))
+f = jax.jit(lambda x: native_conv.conv_relu_dropout(x, kernel, bias, key, 0.25))
+whole = np.asarray(f(x))
+mesh = sharding.make_mesh(2)
+with jax.set_mesh(mesh):
+  split = f(jax.device_put(x, sharding.batch_sharded(mesh, 4)))
+  text = f.lower(jax.device_put(x, sharding.batch_sharded(mesh, 4))).compile().as_text()
+assert 'f32[3,10,10,1]' in text, 'each device should convolve its 3 images'
+np.testing.assert_array_equal(np.asarray(split), whole)
+print('ok')
+'''
+
+
+@needs_native
+def test_conv_relu_dropout_masks_do_not_depend_on_how_the_batch_is_split():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run([sys.executable, '-c', _SPLIT_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-3000:]
+
+
+@needs_native
+def test_conv_relu_dropout_rejects_a_key_that_is_not_hash_words():
+  x, kernel, bias = jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 16)), jnp.zeros(16)
+  with pytest.raises(TypeError, match='hash_key'):
+    native_conv.conv_relu_dropout(x, kernel, bias, jax.random.key(0), 0.25)
+  with pytest.raises(ValueError, match='rate'):
+    native_conv.conv_relu_dropout(x, kernel, bias, jnp.zeros(2, jnp.uint32), 1.0)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charjax.nn import dropout
 from charjax.nn import native_conv
 from charjax.nn import pooling
 
@@ -98,6 +99,11 @@ class Conv2D(nn.Module):
 
   With `pool`, the output is max-pooled 2x2 (`pooling.max_pool_2x2`); with 'native', as
   one fused pass (`native_conv.conv_pool`) where the output's height and width are even.
+  With `relu`, a ReLU follows (after the pooling, where it gives the same result on a
+  quarter of the values), then, with `dropout_rate` > 0 and not `deterministic`,
+  `dropout.Dropout(dropout_rate)` with a key from the 'dropout' rng collection. With
+  'native' and no pooling, both are done in the convolution's own pass
+  (`native_conv.conv_relu_dropout`, the same masks; see `native_conv.FUSE_ACTIVATION`).
   With 'native', shapes `native_conv.supports` rejects use XLA's convolution.
   """
   features: int
@@ -105,19 +111,40 @@ class Conv2D(nn.Module):
   impl: str = 'auto'
   kernel_init: nn.initializers.Initializer = nn.initializers.glorot_uniform()
   pool: bool = False
+  relu: bool = False
+  dropout_rate: float = 0.0
+  deterministic: bool | None = None
   dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    if self.dropout_rate and not self.relu:
+      raise ValueError('Conv2D: dropout_rate is for a ReLU layer (relu=True)')
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    drop = bool(self.dropout_rate) and not nn.merge_param(
+        'deterministic', self.deterministic, deterministic)
+    rng = self.make_rng('dropout') if drop else None
     impl = resolve_impl(self.impl, dtype=self.dtype)
+    if (impl == 'native' and self.relu and not self.pool and native_conv.FUSE_ACTIVATION
+        and native_conv.supports(x.shape, kernel.shape)):
+      key = dropout.hash_key(rng) if drop else jnp.zeros((2,), jnp.uint32)
+      return native_conv.conv_relu_dropout(x, kernel, bias, key,
+                                           self.dropout_rate if drop else 0.0,
+                                           native_conv.WINOGRAD)
     if impl == 'native' and self.pool and native_conv.supports_pool(x.shape, kernel.shape):
-      return native_conv.conv_pool(x, kernel, bias, native_conv.WINOGRAD)
-    if impl == 'native' and native_conv.supports(x.shape, kernel.shape):
-      y = native_conv.conv(x, kernel, bias, native_conv.WINOGRAD)
+      y = native_conv.conv_pool(x, kernel, bias, native_conv.WINOGRAD)
     else:
-      y = (conv_patches if impl == 'patches' else conv_xla)(x, kernel) + bias
-    return pooling.max_pool_2x2(y) if self.pool else y
+      if impl == 'native' and native_conv.supports(x.shape, kernel.shape):
+        y = native_conv.conv(x, kernel, bias, native_conv.WINOGRAD)
+      else:
+        y = (conv_patches if impl == 'patches' else conv_xla)(x, kernel) + bias
+      if self.pool:
+        y = pooling.max_pool_2x2(y)
+    if self.relu:
+      y = nn.relu(y)
+    if drop:
+      y = dropout.Dropout(self.dropout_rate)(y, deterministic=False, rng=rng)
+    return y

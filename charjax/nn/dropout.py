@@ -53,8 +53,21 @@ def random_words(rng: jax.Array, count: int, generator: str = 'hash') -> jax.Arr
     raise ValueError(f'generator={generator!r} is not one of {GENERATORS}')
   if count > 2 ** 32:
     raise ValueError(f'{count} random words exceed the hash counter\'s 2**32')
-  k = jax.random.bits(rng, (2,), jnp.uint32)
+  k = hash_key(rng)
   return _finalize(_finalize(jax.lax.iota(jnp.uint32, count) ^ k[0]) + k[1])
+
+
+def hash_key(rng: jax.Array) -> jax.Array:
+  """The hash generator's key (k0, k1) for `rng`: two threefry words (uint32[2])."""
+  return jax.random.bits(rng, (2,), jnp.uint32)
+
+
+def lane_threshold(keep_prob: float) -> tuple[int, int, float]:
+  """(bits per element, threshold, exact keep probability) of `keep_mask`'s lanes: an element
+  is kept when its lane, as an unsigned integer, is below the threshold."""
+  bits = lane_bits(keep_prob)
+  threshold = min(max(round(keep_prob * 2 ** bits), 1), 2 ** bits - 1)
+  return bits, threshold, threshold / 2 ** bits
 
 
 def keep_mask(rng: jax.Array, keep_prob: float, shape, generator: str = 'hash'
@@ -68,35 +81,35 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape, generator: str = 'hash'
   otherwise within 2**-17 of it, unless clipped (keep probabilities below 2**-17 or
   above 1 - 2**-17). The words come from `random_words(rng, ..., generator)`.
   """
-  bits = lane_bits(keep_prob)
-  threshold = min(max(round(keep_prob * 2 ** bits), 1), 2 ** bits - 1)
+  bits, threshold, exact = lane_threshold(keep_prob)
   size = math.prod(shape)
   per_word = 32 // bits
   words = random_words(rng, -(-size // per_word), generator)
   lanes = jax.lax.bitcast_convert_type(words, jnp.uint8 if bits == 8 else jnp.uint16)
   mask = lanes.reshape(-1)[:size].reshape(shape) < threshold
-  return mask, threshold / 2 ** bits
+  return mask, exact
 
 
 class Dropout(nn.Module):
   """Inverted dropout with masks from `keep_mask`.
 
-  `flax.linen.Dropout`'s `rate` and `deterministic` (no `broadcast_dims`, no `rng`
-  argument). Kept elements are scaled by 1 / (the mask's exact keep probability), so the
-  output's expectation is the input. Draws its key from the 'dropout' rng collection;
-  `generator` makes the mask's random words (`random_words`).
+  `flax.linen.Dropout`'s `rate`, `deterministic` and `rng` (no `broadcast_dims`). Kept
+  elements are scaled by 1 / (the mask's exact keep probability), so the output's
+  expectation is the input. Draws its key from the 'dropout' rng collection unless given
+  `rng`; `generator` makes the mask's random words (`random_words`).
   """
   rate: float
   deterministic: bool | None = None
   generator: str = 'hash'
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool | None = None,
+               rng: jax.Array | None = None) -> jax.Array:
     deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
     if self.rate == 0.0 or deterministic:
       return x
     if self.rate == 1.0:
       return jnp.zeros_like(x)
-    mask, keep_prob = keep_mask(self.make_rng('dropout'), 1.0 - self.rate, x.shape,
-                               self.generator)
+    mask, keep_prob = keep_mask(self.make_rng('dropout') if rng is None else rng,
+                                1.0 - self.rate, x.shape, self.generator)
     return jnp.where(mask, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))

@@ -122,14 +122,11 @@ class SubsetCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, features in enumerate(self.conv_features):
       last = i == len(self.conv_features) - 1
+      # The last layer pools, then applies its ReLU (relu(max_pool(x)) == max_pool(relu(x)),
+      # ReLU being monotone: a quarter of the work) and the dropout.
       x = conv.Conv2D(features, (3, 3), impl=self.conv_impl, kernel_init=_KERNEL_INIT,
-                      pool=last, dtype=self.dtype)(x)
-      if not last:
-        x = nn.relu(x)
-    # relu(max_pool(x)) == max_pool(relu(x)) (ReLU is monotone); pooling first quarters
-    # the ReLU's work.
-    x = nn.relu(x)
-    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
+                      pool=last, relu=True, dropout_rate=self.conv_dropout if last else 0.0,
+                      dtype=self.dtype)(x, deterministic=not train)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT, dtype=self.dtype)(x))
     x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
@@ -178,12 +175,10 @@ class AllClassesCNN(nn.Module):
                                kernel_init=_KERNEL_INIT, dtype=self.dtype)
     dense = functools.partial(nn.Dense, kernel_init=_KERNEL_INIT, dtype=self.dtype)
     x = x.astype(self.dtype)
-    x = nn.relu(conv2d(first)(x))
-    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
-    x = conv2d(second, pool=True)(x)
-    x = nn.relu(x)  # after the pooling: == max_pool(relu(x)), a quarter of the ReLU's work
-    x = nn.relu(conv2d(third)(x))
-    x = dropout.Dropout(self.conv_dropout, deterministic=not train)(x)
+    x = conv2d(first, relu=True, dropout_rate=self.conv_dropout)(x, deterministic=not train)
+    # ReLU after the pooling: == max_pool(relu(x)), a quarter of the ReLU's work.
+    x = conv2d(second, pool=True, relu=True)(x)
+    x = conv2d(third, relu=True, dropout_rate=self.conv_dropout)(x, deterministic=not train)
     x = x.reshape((x.shape[0], -1))
     for i in range(2):
       x = nn.relu(dense(self.dense_features)(x))

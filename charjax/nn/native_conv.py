@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from charjax.nn import dropout
 from charjax.nn import pooling
 from charjax.runtime import sharding
 
@@ -41,8 +43,13 @@ LANES = 16  # output channels per register tile: channel counts must be multiple
 _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad',
             'kernel_grad': 'CharjaxConvKernelGrad', 'pool_forward': 'CharjaxConvPoolForward',
             'pool_input_grad': 'CharjaxConvPoolInputGrad',
-            'pool_kernel_grad': 'CharjaxConvPoolKernelGrad'}
+            'pool_kernel_grad': 'CharjaxConvPoolKernelGrad',
+            'act_forward': 'CharjaxConvActForward', 'act_kernel_grad': 'CharjaxConvActKernelGrad'}
 _FFI_PREFIX = 'charjax_conv_'
+# Whether `conv.Conv2D` computes a following ReLU (and dropout) in the convolution's pass
+# (`conv_relu_dropout`) rather than as XLA operations after it (read when a model is traced;
+# `benchmarks.ablations --choices=activation` times both).
+FUSE_ACTIVATION = True
 # The largest Winograd tile `conv.Conv2D` asks for (read when a model is traced;
 # `benchmarks.ablations --choices=winograd` times each): 4 = F(4x4, 3x3) where the output's
 # sizes are multiples of 4, else F(2x2, 3x3) where they are even; 2 = F(2x2, 3x3) only;
@@ -286,3 +293,64 @@ def _conv_pool_backward(winograd, residuals, dy):
 
 
 conv_pool.defvjp(_conv_pool_forward, _conv_pool_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def conv_relu_dropout(x: jax.Array, kernel: jax.Array, bias: jax.Array, key: jax.Array,
+                      rate: float = 0.0, winograd: int | bool = 4) -> jax.Array:
+  """`dropout(relu(conv(x, kernel, bias)))` with the ReLU and dropout done in the kernel's pass.
+
+  Each image's output is activated while it is still in cache, instead of by an XLA pass
+  over the whole batch's output after it; the gradient needs only the output (kept and
+  positive elements pass `g / keep_prob`, the others 0), and where the input gradient is
+  not native (a first layer's few input channels) the kernel gradient applies it image by
+  image too. `key` is `dropout.hash_key(rng)`: the mask is exactly `dropout.keep_mask(rng,
+  1 - rate, y.shape)`'s (generator 'hash'), so the fused layer computes what
+  `dropout.Dropout(rate)(nn.relu(conv(...)), rng=rng)` does. `rate` 0: ReLU alone.
+  """
+  return _conv_act(x, kernel, bias, key, rate, winograd)
+
+
+def _act_attributes(rate):
+  if not 0 <= rate < 1:
+    raise ValueError(f'dropout rate {rate} not in [0, 1)')
+  if rate == 0:
+    return dict(threshold=np.int32(0), bits=np.int32(8), keep_prob=np.float32(1))
+  bits, threshold, keep_prob = dropout.lane_threshold(1.0 - rate)
+  return dict(threshold=np.int32(threshold), bits=np.int32(bits),
+              keep_prob=np.float32(keep_prob))
+
+
+def _conv_act(x, kernel, bias, key, rate, winograd):
+  _check(x, kernel, bias)
+  if key.shape != (2,) or key.dtype != jnp.uint32:
+    raise TypeError(f'key must be dropout.hash_key(rng), uint32[2]; got {key.dtype}{key.shape}')
+  out_shape = _conv_shape(x.shape, kernel.shape)
+  words = math.prod(out_shape) // (32 // int(_act_attributes(rate)['bits']))
+  if words > 2 ** 32:
+    raise ValueError(f'{words} random words exceed the hash counter\'s 2**32')
+  index = jnp.arange(x.shape[0], dtype=jnp.int32)  # each image's counter offset
+  return _call('act_forward', lambda x, k, *_: [_conv_shape(x.shape, k.shape)],
+               x, kernel, bias, key, index, batched=(True, False, False, False, True),
+               winograd=_tile_attribute(winograd), **_act_attributes(rate))[0]
+
+
+def _conv_act_forward(x, kernel, bias, key, rate, winograd):
+  y = _conv_act(x, kernel, bias, key, rate, winograd)
+  return y, (x, kernel, y)
+
+
+def _conv_act_backward(rate, winograd, residuals, g):
+  x, kernel, y = residuals
+  keep_prob = _act_attributes(rate)['keep_prob']
+  if kernel.shape[2] % LANES == 0:  # the input gradient is native: one XLA pass feeds both
+    dx, dkernel, dbias = _backward(winograd, (x, kernel), jnp.where(y > 0, g / keep_prob, 0))
+  else:
+    dkernel, dbias = _call('act_kernel_grad', lambda x, g, y: [kernel.shape, kernel.shape[3:]],
+                           x, g, y, batched=(True, True, True), summed=True,
+                           winograd=_tile_attribute(winograd), keep_prob=keep_prob)
+    dx = _xla_input_grad(x, kernel, jnp.where(y > 0, g / keep_prob, 0))
+  return dx, dkernel, dbias, None
+
+
+conv_relu_dropout.defvjp(_conv_act_forward, _conv_act_backward)

@@ -633,12 +633,82 @@ void KernelGradImage(const float* x, int64_t h, int64_t w, int64_t cin, const fl
   }
 }
 
+// The fused epilogue of the *Act handlers: y = relu(y), then, with `dropout`, inverted
+// dropout whose mask is charjax.nn.dropout.keep_mask's for the 'hash' generator, element
+// for element: element e of the whole output (all images, row-major) is lane e % (32 / bits)
+// (little-endian) of word e / (32 / bits), word i = F(F(i ^ k0) + k1) with F MurmurHash3's
+// 32-bit finalizer, and is kept (and divided by keep_prob) when that lane is below
+// `threshold`. So the fused layer draws exactly the masks of the unfused one.
+struct Activation {
+  bool dropout = false;
+  uint32_t k0 = 0, k1 = 0;
+  int32_t threshold = 0;
+  int32_t bits = 8;
+  float keep_prob = 1.f;
+  const int32_t* image_index = nullptr;  // each image's place in the whole batch
+};
+
+inline __m256i Finalize(__m256i h) {
+  h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+  h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x85EBCA6Bu)));
+  h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+  h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0xC2B2AE35u)));
+  return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+}
+
+// Applies `a` in place to y [size] (size a multiple of 8), the output elements
+// [first, first + size) of the whole batch (first a multiple of 32 / bits).
+void ApplyActivation(float* y, int64_t size, int64_t first, const Activation& a) {
+  const v8 zero = _mm256_setzero_ps();
+  if (!a.dropout) {
+    // max(0, y): a NaN in y stays NaN, as in jnp.maximum.
+    for (int64_t i = 0; i < size; i += 8) store8(y + i, _mm256_max_ps(zero, load8(y + i)));
+    return;
+  }
+  const int64_t per_word = 32 / a.bits, block = 8 * per_word;
+  const __m256i k0 = _mm256_set1_epi32(static_cast<int>(a.k0));
+  const __m256i k1 = _mm256_set1_epi32(static_cast<int>(a.k1));
+  const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i threshold = _mm256_set1_epi32(a.threshold);
+  const v8 keep_prob = _mm256_set1_ps(a.keep_prob);
+  alignas(32) uint32_t words[8];
+  for (int64_t i = 0; i < size; i += block) {
+    const uint32_t word = static_cast<uint32_t>((first + i) / per_word);
+    const __m256i index = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(word)), step);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(words),
+                       Finalize(_mm256_add_epi32(Finalize(_mm256_xor_si256(index, k0)), k1)));
+    const auto* bytes = reinterpret_cast<const unsigned char*>(words);
+    const int64_t count = std::min(block, size - i);
+    for (int64_t j = 0; j < count; j += 8) {
+      // The 8 elements' lanes: 8 bytes, or 8 16-bit halves, of the words.
+      const __m256i lanes =
+          a.bits == 8
+              ? _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + j)))
+              : _mm256_cvtepu16_epi32(
+                    _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 2 * j)));
+      const v8 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(threshold, lanes));
+      const v8 v = _mm256_div_ps(_mm256_max_ps(zero, load8(y + i + j)), keep_prob);
+      store8(y + i + j, _mm256_and_ps(v, keep));
+    }
+  }
+}
+
+// The gradient of relu-then-dropout at its input, from its output: dy = g / keep_prob where
+// y > 0 (the element was kept and its input positive), else 0.
+void ActivationGrad(const float* g, const float* y, int64_t size, float keep_prob, float* out) {
+  const v8 zero = _mm256_setzero_ps(), kp = _mm256_set1_ps(keep_prob);
+  for (int64_t i = 0; i < size; i += 8) {
+    const v8 kept = _mm256_cmp_ps(load8(y + i), zero, _CMP_GT_OQ);
+    store8(out + i, _mm256_and_ps(_mm256_div_ps(load8(g + i), kp), kept));
+  }
+}
+
 // y = conv(x, w) + bias: x [n][h][w][cin], w [kh][kw][cin][cout], bias [cout] ->
 // y [n][h-kh+1][w-kw+1][cout]; with `positions`, y is max-pooled 2x2 as it is made,
 // y [n][ho/2][wo/2][cout] and positions (the first maximum's place in each window, 0-3).
 ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> bias, float* ys, int8_t* positions,
-                       int32_t winograd_tile) {
+                       int32_t winograd_tile, const Activation* activation = nullptr) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
@@ -670,6 +740,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     } else {
       ForwardImage(xb, h, wid, cin, kh, kw, panels.data(), bias.typed_data(), cout, yb);
     }
+    if (activation)  // while the image's output is in cache
+      ApplyActivation(yb, ysize, int64_t{activation->image_index[b]} * ysize, *activation);
   });
   return ffi::Error::Success();
 }
@@ -752,7 +824,8 @@ ffi::Error InputGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 // dw [kh][kw][cin][cout], dbias [cout]; the kernel's spatial size comes from dw's shape.
 ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const float* dys,
                           const int8_t* positions, ffi::ResultBuffer<ffi::F32>& dw,
-                          ffi::ResultBuffer<ffi::F32>& dbias, int32_t winograd_tile) {
+                          ffi::ResultBuffer<ffi::F32>& dbias, int32_t winograd_tile,
+                          const float* activated = nullptr, float keep_prob = 1.f) {
   const auto xd = x.dimensions(), wd = dw->dimensions();
   const int64_t n = xd[0], h = xd[1], wid = xd[2], cin = xd[3];
   const int64_t kh = wd[0], kw = wd[1], cout = wd[3];
@@ -769,7 +842,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   const int64_t sums = wsize + cout;
   std::vector<std::vector<float>> partial(chunks, std::vector<float>(sums, 0.f));
   std::vector<std::vector<float>> scratch(
-      threads, std::vector<float>(std::max<int64_t>(1, work + (positions ? ysize : 0))));
+      threads, std::vector<float>(
+          std::max<int64_t>(1, work + (positions || activated ? ysize : 0))));
   const float* xs = x.typed_data();
   ParallelFor(pool, n, threads, chunks, [&](int64_t worker, int64_t chunk, int64_t b) {
     float* part = partial[chunk].data();
@@ -779,6 +853,10 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
       float* unpooled = own + work;
       UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
       dyb = unpooled;
+    } else if (activated) {
+      float* dpre = own + work;
+      ActivationGrad(dyb, activated + b * ysize, ysize, keep_prob, dpre);
+      dyb = dpre;
     }
     if (tile)
       WinogradGradImage(tile, xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
@@ -799,6 +877,34 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   return ffi::Error::Success();
 }
 
+// y = dropout(relu(conv(x, w) + bias)) (see Activation), the dropout mask drawn from key
+// [k0, k1]; image_index [n] gives each image's place in the whole batch (its elements'
+// counter), threshold 0 for ReLU alone.
+ffi::Error ActForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::U32> key,
+                      ffi::Buffer<ffi::S32> image_index, ffi::ResultBuffer<ffi::F32> y,
+                      int32_t winograd_tile, int32_t threshold, int32_t bits, float keep_prob) {
+  if (bits != 8 && bits != 16) return ffi::Error::InvalidArgument("charjax conv: bits not 8 or 16");
+  Activation activation;
+  activation.dropout = threshold > 0;
+  activation.k0 = key.typed_data()[0];
+  activation.k1 = key.typed_data()[1];
+  activation.threshold = threshold;
+  activation.bits = bits;
+  activation.keep_prob = keep_prob;
+  activation.image_index = image_index.typed_data();
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, winograd_tile, &activation);
+}
+
+// The kernel and bias gradients of ActForward from its output gradient g and its output y.
+ffi::Error ActKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                         ffi::Buffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> dw,
+                         ffi::ResultBuffer<ffi::F32> dbias, int32_t winograd_tile,
+                         float keep_prob) {
+  return KernelGradImpl(pool, x, g.typed_data(), nullptr, dw, dbias, winograd_tile,
+                        y.typed_data(), keep_prob);
+}
+
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dbias,
                       int32_t winograd_tile) {
@@ -817,6 +923,26 @@ ffi::Error KernelGradPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 using F32 = ffi::Buffer<ffi::F32>;
 using S8 = ffi::Buffer<ffi::S8>;
+using S32 = ffi::Buffer<ffi::S32>;
+using U32 = ffi::Buffer<ffi::U32>;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActForward, ActForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<U32>().Arg<S32>()
+                                  .Ret<F32>()
+                                  .Attr<int32_t>("winograd")
+                                  .Attr<int32_t>("threshold")
+                                  .Attr<int32_t>("bits")
+                                  .Attr<float>("keep_prob"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActKernelGrad, ActKernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>()
+                                  .Attr<int32_t>("winograd")
+                                  .Attr<float>("keep_prob"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvForward, Forward,
                               ffi::Ffi::Bind()
