@@ -178,9 +178,10 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
   `conv.loop_unroll`: True on CPU with XLA's convolution).
 
   Inside a mesh (`jax.set_mesh`), each batch is split along its `data` axis. The random
-  draws (dropout masks, augmentation) are made for the whole batch with JAX's
-  partitionable threefry, in which each element's bits depend only on its position, so
-  they are the same on any number of devices and for a padded last batch.
+  draws are made for the whole batch, each element's bits depending only on its position
+  (augmentation: JAX's partitionable threefry; dropout masks: a hash of the element's
+  index, `charjax.nn.dropout`), so they are the same on any number of devices and for a
+  padded last batch.
 
   With `progress`, each step reports its number to `charjax.progress.tick` (a host
   callback that moves the terminal's progress bar); the computed values are the same.

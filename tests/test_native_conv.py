@@ -299,40 +299,44 @@ def test_native_kernel_gradient_is_bitwise_reproducible(pool, winograd):
       assert a.tobytes() == b.tobytes()
 
 
-def _relu_dropout_reference(x, kernel, bias, rng, rate):
-  y = jax.nn.relu(_reference(x, kernel, bias))
+def _relu_dropout_reference(x, kernel, bias, rng, rate, pool=False):
+  y = _reference(x, kernel, bias)
+  y = jax.nn.relu(pooling.max_pool_2x2(y) if pool else y)
   if rate == 0:
     return y
   mask, keep_prob = dropout.keep_mask(rng, 1 - rate, y.shape)
   return jnp.where(mask, y / keep_prob, 0)
 
 
-# (x shape, kernel shape, dropout rate): kernel gradient applying the activation's gradient
-# image by image (one input channel) or after one XLA pass (16: native input gradient);
-# 8-bit lanes (0.25, 0.5), 16-bit lanes (0.3), ReLU alone (0).
-ACT_CASES = [((3, 12, 12, 1), (3, 3, 1, 32), 0.25),
-             ((2, 9, 9, 16), (3, 3, 16, 32), 0.3),
-             ((2, 10, 10, 1), (3, 3, 1, 16), 0.0),
-             ((2, 8, 8, 16), (3, 3, 16, 16), 0.5)]
+# (x shape, kernel shape, dropout rate, pool): native input gradients (16 input channels)
+# or XLA's (one), 8-bit lanes (0.25, 0.5), 16-bit lanes (0.3), ReLU alone (0); without and
+# with pooling (Winograd F(4x4) and F(2x2) tiles, direct kernels).
+ACT_CASES = [((3, 12, 12, 1), (3, 3, 1, 32), 0.25, False),
+             ((2, 9, 9, 16), (3, 3, 16, 32), 0.3, False),
+             ((2, 10, 10, 1), (3, 3, 1, 16), 0.0, False),
+             ((2, 8, 8, 16), (3, 3, 16, 16), 0.5, False),
+             ((3, 10, 10, 16), (3, 3, 16, 32), 0.25, True),
+             ((2, 8, 12, 16), (3, 3, 16, 16), 0.0, True),
+             ((2, 12, 12, 1), (3, 3, 1, 16), 0.3, True)]
 
 
 @needs_native
-@pytest.mark.parametrize('x_shape,kernel_shape,rate', ACT_CASES)
+@pytest.mark.parametrize('x_shape,kernel_shape,rate,pool', ACT_CASES)
 def test_conv_relu_dropout_equals_relu_then_dropout_and_its_gradients(x_shape, kernel_shape,
-                                                                     rate):
+                                                                     rate, pool):
   kx, kk, kb, kg = jax.random.split(jax.random.key(11), 4)
   x = jax.random.normal(kx, x_shape)
   kernel = jax.random.normal(kk, kernel_shape) / 3
   bias = jax.random.normal(kb, kernel_shape[3:]) / 10
   rng = jax.random.key(5)
   key = dropout.hash_key(rng)
-  fused = jax.jit(lambda x, k, b: native_conv.conv_relu_dropout(x, k, b, key, rate))
-  reference = lambda x, k, b: _relu_dropout_reference(x, k, b, rng, rate)
+  fused = jax.jit(lambda x, k, b: native_conv.conv_relu_dropout(x, k, b, key, rate, 4, pool))
+  reference = lambda x, k, b: _relu_dropout_reference(x, k, b, rng, rate, pool)
   got, want = fused(x, kernel, bias), reference(x, kernel, bias)
   # the same mask, element for element; values to float32 rounding
   np.testing.assert_array_equal(np.asarray(got) == 0, np.asarray(want) == 0)
-  assert 0.2 < float(jnp.mean(got != 0)) < 0.8
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert 0.2 < float(jnp.mean(got != 0)) < 0.97  # some zeros, many values
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
   g = jax.random.normal(kg, want.shape)
   grads = jax.jit(lambda *a: jax.vjp(fused, *a)[1](g))(x, kernel, bias)
   grads_ref = jax.vjp(reference, x, kernel, bias)[1](g)
@@ -383,14 +387,15 @@ x = jax.random.normal(jax.random.key(0), (6, 10, 10, 1))
 kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
 bias = jnp.zeros(16)
 key = dropout.hash_key(jax.random.key(2))
-f = jax.jit(lambda x: native_conv.conv_relu_dropout(x, kernel, bias, key, 0.25))
-whole = np.asarray(f(x))
 mesh = sharding.make_mesh(2)
-with jax.set_mesh(mesh):
-  split = f(jax.device_put(x, sharding.batch_sharded(mesh, 4)))
-  text = f.lower(jax.device_put(x, sharding.batch_sharded(mesh, 4))).compile().as_text()
-assert 'f32[3,10,10,1]' in text, 'each device should convolve its 3 images'
-np.testing.assert_array_equal(np.asarray(split), whole)
+for pool in (False, True):
+  f = jax.jit(lambda x: native_conv.conv_relu_dropout(x, kernel, bias, key, 0.25, 4, pool))
+  whole = np.asarray(f(x))
+  with jax.set_mesh(mesh):
+    split = f(jax.device_put(x, sharding.batch_sharded(mesh, 4)))
+    text = f.lower(jax.device_put(x, sharding.batch_sharded(mesh, 4))).compile().as_text()
+  assert 'f32[3,10,10,1]' in text, 'each device should convolve its 3 images'
+  np.testing.assert_array_equal(np.asarray(split), whole)
 print('ok')
 '''
 

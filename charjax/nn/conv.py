@@ -102,8 +102,8 @@ class Conv2D(nn.Module):
   With `relu`, a ReLU follows (after the pooling, where it gives the same result on a
   quarter of the values), then, with `dropout_rate` > 0 and not `deterministic`,
   `dropout.Dropout(dropout_rate)` with a key from the 'dropout' rng collection. With
-  'native' and no pooling, both are done in the convolution's own pass
-  (`native_conv.conv_relu_dropout`, the same masks; see `native_conv.FUSE_ACTIVATION`).
+  'native', both are done in the convolution's own pass (`native_conv.conv_relu_dropout`,
+  the same masks; see `native_conv.FUSE_ACTIVATION`).
   With 'native', shapes `native_conv.supports` rejects use XLA's convolution.
   """
   features: int
@@ -128,12 +128,13 @@ class Conv2D(nn.Module):
         'deterministic', self.deterministic, deterministic)
     rng = self.make_rng('dropout') if drop else None
     impl = resolve_impl(self.impl, dtype=self.dtype)
-    if (impl == 'native' and self.relu and not self.pool and native_conv.FUSE_ACTIVATION
-        and native_conv.supports(x.shape, kernel.shape)):
+    supported = (native_conv.supports_pool if self.pool else native_conv.supports)(
+        x.shape, kernel.shape)
+    if impl == 'native' and self.relu and native_conv.FUSE_ACTIVATION and supported:
       key = dropout.hash_key(rng) if drop else jnp.zeros((2,), jnp.uint32)
       return native_conv.conv_relu_dropout(x, kernel, bias, key,
                                            self.dropout_rate if drop else 0.0,
-                                           native_conv.WINOGRAD)
+                                           native_conv.WINOGRAD, self.pool)
     if impl == 'native' and self.pool and native_conv.supports_pool(x.shape, kernel.shape):
       y = native_conv.conv_pool(x, kernel, bias, native_conv.WINOGRAD)
     else:

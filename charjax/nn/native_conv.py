@@ -44,7 +44,11 @@ _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad
             'kernel_grad': 'CharjaxConvKernelGrad', 'pool_forward': 'CharjaxConvPoolForward',
             'pool_input_grad': 'CharjaxConvPoolInputGrad',
             'pool_kernel_grad': 'CharjaxConvPoolKernelGrad',
-            'act_forward': 'CharjaxConvActForward', 'act_kernel_grad': 'CharjaxConvActKernelGrad'}
+            'act_forward': 'CharjaxConvActForward', 'act_input_grad': 'CharjaxConvActInputGrad',
+            'act_kernel_grad': 'CharjaxConvActKernelGrad',
+            'act_pool_forward': 'CharjaxConvActPoolForward',
+            'act_pool_input_grad': 'CharjaxConvActPoolInputGrad',
+            'act_pool_kernel_grad': 'CharjaxConvActPoolKernelGrad'}
 _FFI_PREFIX = 'charjax_conv_'
 # Whether `conv.Conv2D` computes a following ReLU (and dropout) in the convolution's pass
 # (`conv_relu_dropout`) rather than as XLA operations after it (read when a model is traced;
@@ -295,20 +299,22 @@ def _conv_pool_backward(winograd, residuals, dy):
 conv_pool.defvjp(_conv_pool_forward, _conv_pool_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def conv_relu_dropout(x: jax.Array, kernel: jax.Array, bias: jax.Array, key: jax.Array,
-                      rate: float = 0.0, winograd: int | bool = 4) -> jax.Array:
+                      rate: float = 0.0, winograd: int | bool = 4, pool: bool = False
+                      ) -> jax.Array:
   """`dropout(relu(conv(x, kernel, bias)))` with the ReLU and dropout done in the kernel's pass.
 
-  Each image's output is activated while it is still in cache, instead of by an XLA pass
-  over the whole batch's output after it; the gradient needs only the output (kept and
-  positive elements pass `g / keep_prob`, the others 0), and where the input gradient is
-  not native (a first layer's few input channels) the kernel gradient applies it image by
-  image too. `key` is `dropout.hash_key(rng)`: the mask is exactly `dropout.keep_mask(rng,
-  1 - rate, y.shape)`'s (generator 'hash'), so the fused layer computes what
-  `dropout.Dropout(rate)(nn.relu(conv(...)), rng=rng)` does. `rate` 0: ReLU alone.
+  With `pool`, the convolution is max-pooled 2x2 first (as `conv_pool`; needs
+  `supports_pool`). Each image's output is activated while it is still in cache, instead
+  of by an XLA pass over the whole batch's output; the gradients need only the output
+  (kept and positive elements pass `g / keep_prob`, the others 0), which the native input-
+  and kernel-gradient passes apply image by image. `key` is `dropout.hash_key(rng)`: the
+  mask is exactly `dropout.keep_mask(rng, 1 - rate, y.shape)`'s (generator 'hash'), so the
+  fused layer computes what `dropout.Dropout(rate)(nn.relu(conv(...)), rng=rng)` does.
+  `rate` 0: ReLU alone.
   """
-  return _conv_act(x, kernel, bias, key, rate, winograd)
+  return _conv_act(x, kernel, bias, key, rate, winograd, pool)[0]
 
 
 def _act_attributes(rate):
@@ -321,35 +327,58 @@ def _act_attributes(rate):
               keep_prob=np.float32(keep_prob))
 
 
-def _conv_act(x, kernel, bias, key, rate, winograd):
+def _conv_act(x, kernel, bias, key, rate, winograd, pool):
+  """(output, positions or None)."""
   _check(x, kernel, bias)
   if key.shape != (2,) or key.dtype != jnp.uint32:
     raise TypeError(f'key must be dropout.hash_key(rng), uint32[2]; got {key.dtype}{key.shape}')
-  out_shape = _conv_shape(x.shape, kernel.shape)
-  words = math.prod(out_shape) // (32 // int(_act_attributes(rate)['bits']))
+  if pool and not supports_pool(x.shape, kernel.shape):
+    raise ValueError(f'pooling needs an even convolution output; got {x.shape}, {kernel.shape}')
+  n, ho, wo, cout = _conv_shape(x.shape, kernel.shape)
+  out_shape = (n, ho // 2, wo // 2, cout) if pool else (n, ho, wo, cout)
+  attributes = _act_attributes(rate)
+  words = math.prod(out_shape) // (32 // int(attributes['bits']))
   if words > 2 ** 32:
     raise ValueError(f'{words} random words exceed the hash counter\'s 2**32')
-  index = jnp.arange(x.shape[0], dtype=jnp.int32)  # each image's counter offset
-  return _call('act_forward', lambda x, k, *_: [_conv_shape(x.shape, k.shape)],
-               x, kernel, bias, key, index, batched=(True, False, False, False, True),
-               winograd=_tile_attribute(winograd), **_act_attributes(rate))[0]
+  index = jnp.arange(n, dtype=jnp.int32)  # each image's counter offset
+  shapes = lambda x, *_: [(x.shape[0], *out_shape[1:])] * (2 if pool else 1)
+  outputs = _call('act_pool_forward' if pool else 'act_forward', shapes, x, kernel, bias, key,
+                  index, batched=(True, False, False, False, True),
+                  dtypes=[jnp.float32, jnp.int8] if pool else None,
+                  winograd=_tile_attribute(winograd), **attributes)
+  return outputs[0], (outputs[1] if pool else None)
 
 
-def _conv_act_forward(x, kernel, bias, key, rate, winograd):
-  y = _conv_act(x, kernel, bias, key, rate, winograd)
-  return y, (x, kernel, y)
+def _conv_act_forward(x, kernel, bias, key, rate, winograd, pool):
+  y, positions = _conv_act(x, kernel, bias, key, rate, winograd, pool)
+  return y, (x, kernel, y, positions)
 
 
-def _conv_act_backward(rate, winograd, residuals, g):
-  x, kernel, y = residuals
+def _conv_act_backward(rate, winograd, pool, residuals, g):
+  x, kernel, y, positions = residuals
   keep_prob = _act_attributes(rate)['keep_prob']
-  if kernel.shape[2] % LANES == 0:  # the input gradient is native: one XLA pass feeds both
-    dx, dkernel, dbias = _backward(winograd, (x, kernel), jnp.where(y > 0, g / keep_prob, 0))
+  tile = _tile_attribute(winograd)
+  gradient_of = lambda name, shapes, *args, batched: _call(
+      name, shapes, *args, batched=batched, winograd=tile, keep_prob=keep_prob)
+  if kernel.shape[2] % LANES == 0:
+    dx_shape = lambda *_: [x.shape]
+    if pool:
+      dx = gradient_of('act_pool_input_grad', dx_shape, g, y, positions, kernel,
+                       batched=(True, True, True, False))[0]
+    else:
+      dx = gradient_of('act_input_grad', dx_shape, g, y, kernel, batched=(True, True, False))[0]
+  else:  # e.g. a first layer on 1-channel images, whose input gradient goes unused
+    dpre = jnp.where(y > 0, g / keep_prob, 0)
+    if pool:
+      dpre = pooling.unpool(dpre, positions, _conv_shape(x.shape, kernel.shape))
+    dx = _xla_input_grad(x, kernel, dpre)
+  dw_shapes = lambda *_: [kernel.shape, kernel.shape[3:]]
+  if pool:
+    dkernel, dbias = gradient_of('act_pool_kernel_grad', dw_shapes, x, g, y, positions,
+                                 batched=(True, True, True, True))
   else:
-    dkernel, dbias = _call('act_kernel_grad', lambda x, g, y: [kernel.shape, kernel.shape[3:]],
-                           x, g, y, batched=(True, True, True), summed=True,
-                           winograd=_tile_attribute(winograd), keep_prob=keep_prob)
-    dx = _xla_input_grad(x, kernel, jnp.where(y > 0, g / keep_prob, 0))
+    dkernel, dbias = gradient_of('act_kernel_grad', dw_shapes, x, g, y,
+                                 batched=(True, True, True))
   return dx, dkernel, dbias, None
 
 

@@ -766,7 +766,8 @@ ffi::Error ForwardPool(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* positions,
                          int64_t n, int64_t ho, int64_t wo, int64_t cout,
                          ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32>& dx,
-                         int32_t winograd_tile) {
+                         int32_t winograd_tile, const float* activated = nullptr,
+                         float keep_prob = 1.f) {
   const auto wd = w.dimensions();
   const int64_t kh = wd[0], kw = wd[1], cin = wd[2];
   if (cin % kLanes) return ffi::Error::InvalidArgument("charjax conv: cin % 16 != 0");
@@ -779,16 +780,22 @@ ffi::Error InputGradImpl(ffi::ThreadPool& pool, const float* dys, const int8_t* 
   const std::vector<float> panels = tile ? WinogradKernel(tile, w.typed_data(), cout, cin, true)
                                          : PackKernel(w.typed_data(), kh * kw, cout, cin, true);
   const int64_t threads = Workers(pool, n);
-  // Per worker: the padded image, then the Winograd chunk buffers.
-  const int64_t padded = hp * wp * cout;
+  // Per worker: the padded image, the Winograd chunk buffers, then (with `activated`) the
+  // gradient at the activation's input.
+  const int64_t padded = hp * wp * cout, work = WinogradScratch(tile, cout, cin);
   std::vector<std::vector<float>> scratch(
-      threads, std::vector<float>(padded + WinogradScratch(tile, cout, cin)));
+      threads, std::vector<float>(padded + work + (activated ? dysize : 0)));
   const std::vector<float> zeros(cin, 0.f);
   float* dxs = dx->typed_data();
   ParallelFor(pool, n, threads, threads, [&](int64_t worker, int64_t, int64_t b) {
     float* pad = scratch[worker].data();
     float* interior = pad + ((kh - 1) * wp + kw - 1) * cout;
     const float* src = dys + b * dysize;
+    if (activated) {
+      float* dpre = pad + padded + work;
+      ActivationGrad(src, activated + b * dysize, dysize, keep_prob, dpre);
+      src = dpre;
+    }
     if (positions)
       UnpoolImage(src, positions + b * dysize, ho, wo, cout, interior, wp * cout);
     else
@@ -842,21 +849,22 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   const int64_t sums = wsize + cout;
   std::vector<std::vector<float>> partial(chunks, std::vector<float>(sums, 0.f));
   std::vector<std::vector<float>> scratch(
-      threads, std::vector<float>(
-          std::max<int64_t>(1, work + (positions || activated ? ysize : 0))));
+      threads, std::vector<float>(std::max<int64_t>(
+          1, work + (positions || activated ? ysize : 0) + (positions && activated ? dysize : 0))));
   const float* xs = x.typed_data();
   ParallelFor(pool, n, threads, chunks, [&](int64_t worker, int64_t chunk, int64_t b) {
     float* part = partial[chunk].data();
     float* own = scratch[worker].data();
     const float* dyb = dys + b * dysize;
+    if (activated) {  // the gradient at the activation's input (pooled, with positions)
+      float* dpre = own + work + (positions ? ysize : 0);
+      ActivationGrad(dyb, activated + b * dysize, dysize, keep_prob, dpre);
+      dyb = dpre;
+    }
     if (positions) {
       float* unpooled = own + work;
       UnpoolImage(dyb, positions + b * dysize, ho, wo, cout, unpooled, wo * cout);
       dyb = unpooled;
-    } else if (activated) {
-      float* dpre = own + work;
-      ActivationGrad(dyb, activated + b * ysize, ysize, keep_prob, dpre);
-      dyb = dpre;
     }
     if (tile)
       WinogradGradImage(tile, xs + b * h * wid * cin, wid, cin, dyb, cout, ho, wo, part, own);
@@ -894,6 +902,52 @@ ffi::Error ActForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   activation.keep_prob = keep_prob;
   activation.image_index = image_index.typed_data();
   return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, winograd_tile, &activation);
+}
+
+// ActForward with 2x2 max-pooling before the activation (as ForwardPool).
+ffi::Error ActPoolForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::U32> key,
+                          ffi::Buffer<ffi::S32> image_index, ffi::ResultBuffer<ffi::F32> y,
+                          ffi::ResultBuffer<ffi::S8> positions, int32_t winograd_tile,
+                          int32_t threshold, int32_t bits, float keep_prob) {
+  if (bits != 8 && bits != 16) return ffi::Error::InvalidArgument("charjax conv: bits not 8 or 16");
+  Activation activation;
+  activation.dropout = threshold > 0;
+  activation.k0 = key.typed_data()[0];
+  activation.k1 = key.typed_data()[1];
+  activation.threshold = threshold;
+  activation.bits = bits;
+  activation.keep_prob = keep_prob;
+  activation.image_index = image_index.typed_data();
+  return ForwardImpl(pool, x, w, bias, y->typed_data(), positions->typed_data(), winograd_tile,
+                     &activation);
+}
+
+// The input gradient of ActForward (ActPoolForward) from its output gradient g and output y.
+ffi::Error ActInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> y,
+                        ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                        int32_t winograd_tile, float keep_prob) {
+  const auto dd = g.dimensions();
+  return InputGradImpl(pool, g.typed_data(), nullptr, dd[0], dd[1], dd[2], dd[3], w, dx,
+                       winograd_tile, y.typed_data(), keep_prob);
+}
+
+ffi::Error ActPoolInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                            ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::S8> positions,
+                            ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                            int32_t winograd_tile, float keep_prob) {
+  const auto dd = g.dimensions();
+  return InputGradImpl(pool, g.typed_data(), positions.typed_data(), dd[0], 2 * dd[1],
+                       2 * dd[2], dd[3], w, dx, winograd_tile, y.typed_data(), keep_prob);
+}
+
+ffi::Error ActPoolKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> y,
+                             ffi::Buffer<ffi::S8> positions, ffi::ResultBuffer<ffi::F32> dw,
+                             ffi::ResultBuffer<ffi::F32> dbias, int32_t winograd_tile,
+                             float keep_prob) {
+  return KernelGradImpl(pool, x, g.typed_data(), positions.typed_data(), dw, dbias,
+                        winograd_tile, y.typed_data(), keep_prob);
 }
 
 // The kernel and bias gradients of ActForward from its output gradient g and its output y.
@@ -934,6 +988,40 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActForward, ActForward,
                                   .Attr<int32_t>("winograd")
                                   .Attr<int32_t>("threshold")
                                   .Attr<int32_t>("bits")
+                                  .Attr<float>("keep_prob"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActPoolForward, ActPoolForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<U32>().Arg<S32>()
+                                  .Ret<F32>().Ret<S8>()
+                                  .Attr<int32_t>("winograd")
+                                  .Attr<int32_t>("threshold")
+                                  .Attr<int32_t>("bits")
+                                  .Attr<float>("keep_prob"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActInputGrad, ActInputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int32_t>("winograd")
+                                  .Attr<float>("keep_prob"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActPoolInputGrad, ActPoolInputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<S8>().Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int32_t>("winograd")
+                                  .Attr<float>("keep_prob"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActPoolKernelGrad, ActPoolKernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<S8>()
+                                  .Ret<F32>().Ret<F32>()
+                                  .Attr<int32_t>("winograd")
                                   .Attr<float>("keep_prob"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CharjaxConvActKernelGrad, ActKernelGrad,
