@@ -142,15 +142,6 @@ def eval_step(state: train_state.TrainState, images, labels, mask):
   return {**_batch_metrics(logits, labels, mask), 'predictions': jnp.argmax(logits, -1)}
 
 
-def _batches(order: jax.Array, batch_size: int):
-  """(steps, batch) gather indices covering `order` once, and the mask of real entries."""
-  n = order.shape[0]
-  steps = -(-n // batch_size)
-  padded = jnp.concatenate([order, jnp.zeros(steps * batch_size - n, order.dtype)])
-  mask = jnp.arange(steps * batch_size) < n
-  return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-
-
 _NO_BAD_STEP = jnp.iinfo(jnp.int32).max
 
 
@@ -220,18 +211,38 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
 def evaluate(state, images, labels, *, batch_size: int, unroll: int | bool = 1):
   """Summed loss, correct count and per-image predictions over a whole split.
 
-  One compiled loop over padded, masked batches; `unroll` as in `train_epoch`. Inside a
-  mesh, `batch_size` must be a multiple of its devices (each evaluates its part).
+  One compiled function: the full batches in a loop (`unroll` as in `train_epoch`), then,
+  as in training, the remainder as one smaller batch of its own (padded to a multiple of
+  the mesh's devices and masked) rather than a padded full batch: a 1,105-image split in
+  batches of 1,000 computes 1,105 images, not 2,000. Inside a mesh, `batch_size` must be a
+  multiple of its devices (each evaluates its part).
   """
-  index, mask = _batches(jnp.arange(images.shape[0]), batch_size)
-  if sharding.data_parallel_size() > 1:
-    index, mask = (jax.lax.with_sharding_constraint(a, P(None, sharding.DATA_AXIS))
-                   for a in (index, mask))
-  _, metrics = jax.lax.scan(
-      lambda _, b: (None, eval_step(state, images[b[0]], labels[b[0]], b[1])),
-      None, (index, mask), unroll=unroll)
-  predictions = metrics.pop('predictions').reshape(-1)[:images.shape[0]]
-  return {**_sum(metrics), 'predictions': predictions}
+  n = images.shape[0]
+  if not n:
+    raise ValueError('evaluate: the split holds no images')
+  full, rest = divmod(n, batch_size)
+  devices = sharding.data_parallel_size()
+
+  def step(index, mask, spec):
+    if devices > 1:
+      index, mask = (jax.lax.with_sharding_constraint(a, spec) for a in (index, mask))
+    return eval_step(state, images[index], labels[index], mask)
+
+  sums, predictions = None, []
+  if full:
+    index = jnp.arange(full * batch_size).reshape(full, batch_size)
+    _, metrics = jax.lax.scan(
+        lambda _, b: (None, step(*b, P(None, sharding.DATA_AXIS))),
+        None, (index, jnp.ones(index.shape, bool)), unroll=unroll)
+    predictions.append(metrics.pop('predictions').reshape(-1))
+    sums = _sum(metrics)
+  if rest:
+    pad = -rest % devices
+    index = jnp.concatenate([jnp.arange(full * batch_size, n), jnp.zeros(pad, jnp.int32)])
+    last = step(index, jnp.arange(rest + pad) < rest, P(sharding.DATA_AXIS))
+    predictions.append(last.pop('predictions')[:rest])
+    sums = last if sums is None else jax.tree.map(jnp.add, sums, last)
+  return {**sums, 'predictions': jnp.concatenate(predictions)}
 
 
 def _summarise(sums) -> dict[str, float]:

@@ -76,6 +76,22 @@ def test_best_checkpoint_restores_to_the_same_test_evaluation(tiny_run):
   assert float(sums['loss']) / n == pytest.approx(results['test_loss'], rel=1e-5)
 
 
+def test_evaluate_counts_every_image_once_whatever_the_batch_size(prepared_dirs):
+  config = tiny_config(*prepared_dirs)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, jax.random.key(0), 16)
+  images = jax.random.uniform(jax.random.key(0), (45, 16, 16, 1))
+  labels = jax.numpy.arange(45) % 10
+  logits = model.apply({'params': state.params}, images, train=False)
+  loss = -jax.nn.log_softmax(logits)[jax.numpy.arange(45), labels]
+  for batch_size in (7, 15, 45, 1000):  # a remainder batch, whole batches, one, only a remainder
+    sums = jax.device_get(train.evaluate(state, images, labels, batch_size=batch_size))
+    assert int(sums['count']) == 45
+    np.testing.assert_array_equal(sums['predictions'], np.argmax(logits, -1))
+    assert float(sums['loss']) == pytest.approx(float(loss.sum()), rel=1e-5)
+    assert int(sums['correct']) == int((np.argmax(logits, -1) == labels).sum())
+
+
 def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
   config = tiny_config(*prepared_dirs)
   model = train.create_model(config, 10)
