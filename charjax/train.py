@@ -223,23 +223,23 @@ def evaluate(state, images, labels, *, batch_size: int, unroll: int | bool = 1):
   full, rest = divmod(n, batch_size)
   devices = sharding.data_parallel_size()
 
-  def step(index, mask, spec):
-    if devices > 1:
-      index, mask = (jax.lax.with_sharding_constraint(a, spec) for a in (index, mask))
-    return eval_step(state, images[index], labels[index], mask)
+  def split(spec, *arrays):  # each device evaluates its part of every batch
+    if devices == 1:
+      return arrays
+    return tuple(jax.lax.with_sharding_constraint(a, spec) for a in arrays)
 
+  step = lambda index, mask: eval_step(state, images[index], labels[index], mask)
   sums, predictions = None, []
   if full:
     index = jnp.arange(full * batch_size).reshape(full, batch_size)
-    _, metrics = jax.lax.scan(
-        lambda _, b: (None, step(*b, P(None, sharding.DATA_AXIS))),
-        None, (index, jnp.ones(index.shape, bool)), unroll=unroll)
+    batches = split(P(None, sharding.DATA_AXIS), index, jnp.ones(index.shape, bool))
+    _, metrics = jax.lax.scan(lambda _, b: (None, step(*b)), None, batches, unroll=unroll)
     predictions.append(metrics.pop('predictions').reshape(-1))
     sums = _sum(metrics)
   if rest:
     pad = -rest % devices
     index = jnp.concatenate([jnp.arange(full * batch_size, n), jnp.zeros(pad, jnp.int32)])
-    last = step(index, jnp.arange(rest + pad) < rest, P(sharding.DATA_AXIS))
+    last = step(*split(P(sharding.DATA_AXIS), index, jnp.arange(rest + pad) < rest))
     predictions.append(last.pop('predictions')[:rest])
     sums = last if sums is None else jax.tree.map(jnp.add, sums, last)
   return {**sums, 'predictions': jnp.concatenate(predictions)}

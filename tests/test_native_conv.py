@@ -383,19 +383,26 @@ _SPLIT_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from charjax.nn import dropout, native_conv
 from charjax.runtime import sharding
-x = jax.random.normal(jax.random.key(0), (6, 10, 10, 1))
-kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 16))
-bias = jnp.zeros(16)
 key = dropout.hash_key(jax.random.key(2))
 mesh = sharding.make_mesh(2)
-for pool in (False, True):
-  f = jax.jit(lambda x: native_conv.conv_relu_dropout(x, kernel, bias, key, 0.25, 4, pool))
-  whole = np.asarray(f(x))
-  with jax.set_mesh(mesh):
-    split = f(jax.device_put(x, sharding.batch_sharded(mesh, 4)))
-    text = f.lower(jax.device_put(x, sharding.batch_sharded(mesh, 4))).compile().as_text()
-  assert 'f32[3,10,10,1]' in text, 'each device should convolve its 3 images'
-  np.testing.assert_array_equal(np.asarray(split), whole)
+for cin in (1, 16):  # the input gradient by XLA, or native
+  x = jax.random.normal(jax.random.key(0), (6, 10, 10, cin))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, 16))
+  bias = jnp.zeros(16)
+  for pool in (False, True):
+    f = lambda x, k: native_conv.conv_relu_dropout(x, k, bias, key, 0.25, 4, pool)
+    run = jax.jit(lambda x, k: (f(x, k), jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))),
+                                                  argnums=(0, 1))(x, k)))
+    whole = run(x, kernel)
+    with jax.set_mesh(mesh):
+      sharded = jax.device_put(x, sharding.batch_sharded(mesh, 4))
+      split = run(sharded, kernel)
+      text = run.lower(sharded, kernel).compile().as_text()
+    assert f'f32[3,10,10,{cin}]' in text, 'each device should convolve its 3 images'
+    np.testing.assert_array_equal(np.asarray(split[0]), np.asarray(whole[0]))
+    for a, b in zip(split[1], whole[1]):  # the kernel gradient summed over devices
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                 atol=1e-5 * float(np.abs(b).max()))
 print('ok')
 '''
 

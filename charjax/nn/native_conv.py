@@ -358,15 +358,18 @@ def _conv_act_backward(rate, winograd, pool, residuals, g):
   x, kernel, y, positions = residuals
   keep_prob = _act_attributes(rate)['keep_prob']
   tile = _tile_attribute(winograd)
-  gradient_of = lambda name, shapes, *args, batched: _call(
-      name, shapes, *args, batched=batched, winograd=tile, keep_prob=keep_prob)
+  gradient_of = lambda name, shapes, *args, batched, summed=False: _call(
+      name, shapes, *args, batched=batched, summed=summed, winograd=tile, keep_prob=keep_prob)
   if kernel.shape[2] % LANES == 0:
-    dx_shape = lambda *_: [x.shape]
+    # shapes from the arguments: per device, they hold its images only
     if pool:
-      dx = gradient_of('act_pool_input_grad', dx_shape, g, y, positions, kernel,
-                       batched=(True, True, True, False))[0]
+      dx = gradient_of('act_pool_input_grad',
+                       lambda g, y, p, k: [_input_shape((g.shape[0], 2 * g.shape[1],
+                                                         2 * g.shape[2], g.shape[3]), k.shape)],
+                       g, y, positions, kernel, batched=(True, True, True, False))[0]
     else:
-      dx = gradient_of('act_input_grad', dx_shape, g, y, kernel, batched=(True, True, False))[0]
+      dx = gradient_of('act_input_grad', lambda g, y, k: [_input_shape(g.shape, k.shape)],
+                       g, y, kernel, batched=(True, True, False))[0]
   else:  # e.g. a first layer on 1-channel images, whose input gradient goes unused
     dpre = jnp.where(y > 0, g / keep_prob, 0)
     if pool:
@@ -375,10 +378,10 @@ def _conv_act_backward(rate, winograd, pool, residuals, g):
   dw_shapes = lambda *_: [kernel.shape, kernel.shape[3:]]
   if pool:
     dkernel, dbias = gradient_of('act_pool_kernel_grad', dw_shapes, x, g, y, positions,
-                                 batched=(True, True, True, True))
+                                 batched=(True, True, True, True), summed=True)
   else:
     dkernel, dbias = gradient_of('act_kernel_grad', dw_shapes, x, g, y,
-                                 batched=(True, True, True))
+                                 batched=(True, True, True), summed=True)
   return dx, dkernel, dbias, None
 
 
