@@ -885,14 +885,10 @@ ffi::Error KernelGradImpl(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> x, const 
   return ffi::Error::Success();
 }
 
-// y = dropout(relu(conv(x, w) + bias)) (see Activation), the dropout mask drawn from key
-// [k0, k1]; image_index [n] gives each image's place in the whole batch (its elements'
-// counter), threshold 0 for ReLU alone.
-ffi::Error ActForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::U32> key,
-                      ffi::Buffer<ffi::S32> image_index, ffi::ResultBuffer<ffi::F32> y,
-                      int32_t winograd_tile, int32_t threshold, int32_t bits, float keep_prob) {
-  if (bits != 8 && bits != 16) return ffi::Error::InvalidArgument("charjax conv: bits not 8 or 16");
+// The handlers' activation: the dropout mask drawn from key [k0, k1]; image_index [n] gives
+// each image's place in the whole batch (its elements' counter); threshold 0 for ReLU alone.
+Activation MakeActivation(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::S32> image_index,
+                          int32_t threshold, int32_t bits, float keep_prob) {
   Activation activation;
   activation.dropout = threshold > 0;
   activation.k0 = key.typed_data()[0];
@@ -901,6 +897,16 @@ ffi::Error ActForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   activation.bits = bits;
   activation.keep_prob = keep_prob;
   activation.image_index = image_index.typed_data();
+  return activation;
+}
+
+// y = dropout(relu(conv(x, w) + bias)) (see Activation and MakeActivation).
+ffi::Error ActForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::U32> key,
+                      ffi::Buffer<ffi::S32> image_index, ffi::ResultBuffer<ffi::F32> y,
+                      int32_t winograd_tile, int32_t threshold, int32_t bits, float keep_prob) {
+  if (bits != 8 && bits != 16) return ffi::Error::InvalidArgument("charjax conv: bits not 8 or 16");
+  const Activation activation = MakeActivation(key, image_index, threshold, bits, keep_prob);
   return ForwardImpl(pool, x, w, bias, y->typed_data(), nullptr, winograd_tile, &activation);
 }
 
@@ -911,14 +917,7 @@ ffi::Error ActPoolForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
                           ffi::ResultBuffer<ffi::S8> positions, int32_t winograd_tile,
                           int32_t threshold, int32_t bits, float keep_prob) {
   if (bits != 8 && bits != 16) return ffi::Error::InvalidArgument("charjax conv: bits not 8 or 16");
-  Activation activation;
-  activation.dropout = threshold > 0;
-  activation.k0 = key.typed_data()[0];
-  activation.k1 = key.typed_data()[1];
-  activation.threshold = threshold;
-  activation.bits = bits;
-  activation.keep_prob = keep_prob;
-  activation.image_index = image_index.typed_data();
+  const Activation activation = MakeActivation(key, image_index, threshold, bits, keep_prob);
   return ForwardImpl(pool, x, w, bias, y->typed_data(), positions->typed_data(), winograd_tile,
                      &activation);
 }
