@@ -21,13 +21,18 @@
   and every dropout a module of its own (none fused into a convolution);
 - `activation`: a convolution's ReLU and dropout as XLA operations after the native
   convolution versus in the convolution's own pass (`native_conv.conv_relu_dropout`, the
-  same masks: charjax).
+  same masks: charjax);
+- `dense`: a dense layer's product in full, then ReLU and dropout, versus `dense.Dense`
+  computing only what its dropout keeps (the backward products skip the gradient's zeros;
+  the forward too at keep probabilities up to `SPARSE_FORWARD_MAX_KEEP`), and versus that
+  with the forward sparse at every keep probability.
 
 Lone jitted train step of the `--model` network; the variants of a choice are timed in
 turns (`timing.interleaved`), `--repeats` rounds, medians reported.
 
   python -m benchmarks.ablations --batch=800 --out=runs/bench/ablations.json
   python -m benchmarks.ablations --model=exp3 --batch=400 --choices=dropout
+  python -m benchmarks.ablations --choices=dense --repeats=5
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from benchmarks import timing
 from benchmarks import winograd
 from charjax import cli
 from charjax.nn import conv
+from charjax.nn import dense
 from charjax.nn import dropout
 from charjax.nn import native_conv
 from charjax.nn import pooling
@@ -54,7 +60,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (median t
 _PAUSE = flags.DEFINE_float('pause', timing.PAUSE, 'Idle seconds before each timed call.')
 _CHOICES = flags.DEFINE_list('choices',
                              ['pool', 'relu', 'conv', 'winograd', 'fusion', 'dropout',
-                              'activation'],
+                              'activation', 'dense'],
                                'Design choices to time (all by default).')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (default: print only).')
 
@@ -75,6 +81,7 @@ def _relu_first_pool(pool):
 
 
 _UNFUSED = (native_conv, 'FUSE_ACTIVATION', False)
+_DENSE_UNFUSED = (dense, 'SPARSE_DROPOUT', False)
 
 # choice -> variant -> (module, attribute, replacement looked up when the model is traced),
 # or a list of those
@@ -93,18 +100,26 @@ VARIANTS = {
                'fused conv-pool (charjax)': (native_conv, 'supports_pool',
                                              native_conv.supports_pool)},
     # Every dropout layer a `Dropout` module (none fused into a convolution's pass).
-    'dropout': {'flax nn.Dropout': [(dropout, 'Dropout', nn.Dropout), _UNFUSED],
+    'dropout': {'flax nn.Dropout': [(dropout, 'Dropout', nn.Dropout), _UNFUSED,
+                                    _DENSE_UNFUSED],
                 'packed threefry bits': [(dropout, 'Dropout',
                                           functools.partial(dropout.Dropout,
-                                                            generator='threefry')), _UNFUSED],
+                                                            generator='threefry')), _UNFUSED,
+                                         _DENSE_UNFUSED],
                 'packed hash bits (charjax)': [(dropout, 'Dropout', dropout.Dropout),
-                                               _UNFUSED]},
+                                               _UNFUSED, _DENSE_UNFUSED]},
     'activation': {'relu, dropout after the conv': _UNFUSED,
                    'in the conv\'s pass (charjax)': (native_conv, 'FUSE_ACTIVATION', True)},
+    'dense': {'full product, then relu and dropout': _DENSE_UNFUSED,
+              'sparse forward at any keep': [(dense, 'SPARSE_DROPOUT', True),
+                                             (dense, 'SPARSE_FORWARD_MAX_KEEP', 1.0)],
+              'only the kept products (charjax)': [
+                  (dense, 'SPARSE_DROPOUT', True),
+                  (dense, 'SPARSE_FORWARD_MAX_KEEP', dense.SPARSE_FORWARD_MAX_KEEP)]},
 }
 # The convolution implementation each choice's models use.
 CONV_IMPL = {'winograd': 'native', 'fusion': 'native', 'dropout': 'native',
-             'activation': 'native'}
+             'activation': 'native', 'dense': 'native'}
 
 
 def main(argv):

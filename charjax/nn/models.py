@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax.nn import conv
-from charjax.nn import dropout
+from charjax.nn import dense as dense_lib
 
 MODELS: dict[str, type[nn.Module]] = {}
 
@@ -128,9 +128,12 @@ class SubsetCNN(nn.Module):
                       pool=last, relu=True, dropout_rate=self.conv_dropout if last else 0.0,
                       dtype=self.dtype)(x, deterministic=not train)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.dense_features, kernel_init=_KERNEL_INIT, dtype=self.dtype)(x))
-    x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, dtype=self.dtype)(x)
+    dense = functools.partial(dense_lib.Dense, impl=self.conv_impl, kernel_init=_KERNEL_INIT,
+                              dtype=self.dtype)
+    # ReLU and dropout in the layer: only the products dropout keeps are computed.
+    x = dense(self.dense_features, relu=True, dropout_rate=self.dense_dropout)(
+        x, deterministic=not train)
+    return dense(self.num_classes)(x)
 
 
 @register
@@ -173,7 +176,8 @@ class AllClassesCNN(nn.Module):
     first, second, third = self.conv_features
     conv2d = functools.partial(conv.Conv2D, kernel_size=(3, 3), impl=self.conv_impl,
                                kernel_init=_KERNEL_INIT, dtype=self.dtype)
-    dense = functools.partial(nn.Dense, kernel_init=_KERNEL_INIT, dtype=self.dtype)
+    dense = functools.partial(dense_lib.Dense, impl=self.conv_impl, kernel_init=_KERNEL_INIT,
+                              dtype=self.dtype)
     x = x.astype(self.dtype)
     x = conv2d(first, relu=True, dropout_rate=self.conv_dropout)(x, deterministic=not train)
     # ReLU after the pooling: == max_pool(relu(x)), a quarter of the ReLU's work.
@@ -181,10 +185,10 @@ class AllClassesCNN(nn.Module):
     x = conv2d(third, relu=True, dropout_rate=self.conv_dropout)(x, deterministic=not train)
     x = x.reshape((x.shape[0], -1))
     for i in range(2):
-      x = nn.relu(dense(self.dense_features)(x))
       if features and i == 1 and not self.bottleneck_features:
-        return x
-      x = dropout.Dropout(self.dense_dropout, deterministic=not train)(x)
+        return dense(self.dense_features, relu=True)(x)  # the SVCs' features: no dropout
+      x = dense(self.dense_features, relu=True, dropout_rate=self.dense_dropout)(
+          x, deterministic=not train)
     if self.bottleneck_features:
       activation = BOTTLENECK_ACTIVATIONS[self.bottleneck_activation]
       x = activation(dense(self.bottleneck_features)(x))

@@ -37,7 +37,10 @@ from charjax.nn import dropout
 from charjax.nn import pooling
 from charjax.runtime import sharding
 
-SOURCE = Path(__file__).with_name('native') / 'conv.cc'
+NATIVE_DIR = Path(__file__).with_name('native')
+# Compiled together into one library; parallel.h is included by both.
+SOURCES = (NATIVE_DIR / 'conv.cc', NATIVE_DIR / 'dense.cc')
+HEADERS = (NATIVE_DIR / 'parallel.h',)
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 LANES = 16  # output channels per register tile: channel counts must be multiples of this
 _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad',
@@ -48,7 +51,11 @@ _TARGETS = {'forward': 'CharjaxConvForward', 'input_grad': 'CharjaxConvInputGrad
             'act_kernel_grad': 'CharjaxConvActKernelGrad',
             'act_pool_forward': 'CharjaxConvActPoolForward',
             'act_pool_input_grad': 'CharjaxConvActPoolInputGrad',
-            'act_pool_kernel_grad': 'CharjaxConvActPoolKernelGrad'}
+            'act_pool_kernel_grad': 'CharjaxConvActPoolKernelGrad',
+            # native/dense.cc (`charjax.nn.dense`)
+            'masked_matmul': 'CharjaxMaskedMatmul',
+            'sparse_input_grad': 'CharjaxSparseInputGrad',
+            'sparse_kernel_grad': 'CharjaxSparseKernelGrad'}
 _FFI_PREFIX = 'charjax_conv_'
 # Whether `conv.Conv2D` computes a following ReLU (and dropout) in the convolution's pass
 # (`conv_relu_dropout`) rather than as XLA operations after it (read when a model is traced;
@@ -94,7 +101,7 @@ def _cpu_problem() -> str | None:
 
 
 def build(directory: Path | None = None) -> Path:
-  """Compiles `native/conv.cc` unless an identical build is cached; returns the library.
+  """Compiles `native/*.cc` into one library unless an identical build is cached; returns it.
 
   Raises RuntimeError (with the compiler's output) when the build fails.
   """
@@ -102,7 +109,8 @@ def build(directory: Path | None = None) -> Path:
   if shutil.which(compiler) is None:
     raise RuntimeError(f'no C++ compiler: {compiler!r} is not on PATH (set $CXX)')
   include = jax.ffi.include_dir()
-  key = hashlib.sha256(SOURCE.read_bytes() + ' '.join((compiler,) + FLAGS).encode()
+  key = hashlib.sha256(b''.join(p.read_bytes() for p in SOURCES + HEADERS)
+                       + ' '.join((compiler,) + FLAGS).encode()
                        + (Path(include) / 'xla' / 'ffi' / 'api' / 'ffi.h').read_bytes())
   directory = Path(directory or cache_dir())
   library = directory / f'charjax_conv_{key.hexdigest()[:16]}.so'
@@ -111,10 +119,11 @@ def build(directory: Path | None = None) -> Path:
   directory.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=directory) as tmp:
     partial = Path(tmp) / library.name
-    done = subprocess.run([compiler, *FLAGS, '-I', include, str(SOURCE), '-o', str(partial)],
-                          capture_output=True, text=True)
+    done = subprocess.run([compiler, *FLAGS, '-I', include, *map(str, SOURCES), '-o',
+                           str(partial)], capture_output=True, text=True)
     if done.returncode:
-      raise RuntimeError(f'building {SOURCE.name} failed:\n{done.stderr[-4000:]}')
+      raise RuntimeError(f'building {", ".join(p.name for p in SOURCES)} failed:\n'
+                         f'{done.stderr[-4000:]}')
     os.replace(partial, library)  # atomic: concurrent builders never see half a file
   return library
 
