@@ -6,8 +6,8 @@ rotation up to 15 degrees and zoom up to 20% on training batches only.
 
   python -m charjax.train --config all_classes --workdir runs/all_classes
 
-Runtime on this project's 2-core CPU: 34 min (150 epochs, 743 images/s with augmentation;
-in the study run of code 23fcf27). Test accuracy: 95.3% over the 58 classes; its features
+Runtime on this project's 2-core CPU: 30 min (150 epochs, 823 images/s with augmentation;
+in the study run of code 87b0442; 34 min with code 23fcf27). Test accuracy: 95.3% over the 58 classes; its features
 under the SVCs: 99.8 / 98.5 / 94.4% on numerals / vowels / consonants (study: 99.7 / 99.5 /
 94.9%).
 """
