@@ -23,9 +23,8 @@
   convolution versus in the convolution's own pass (`native_conv.conv_relu_dropout`, the
   same masks: charjax);
 - `dense`: a dense layer's product in full, then ReLU and dropout, versus `dense.Dense`
-  computing only what its dropout keeps (the backward products skip the gradient's zeros;
-  the forward too at keep probabilities up to `SPARSE_FORWARD_MAX_KEEP`), and versus that
-  with the forward sparse at every keep probability.
+  computing only what its dropout keeps (forward, and backward products skipping the
+  gradient's zeros) at keep probabilities up to `SPARSE_MAX_KEEP` (charjax), and at any.
 
 Lone jitted train step of the `--model` network; the variants of a choice are timed in
 turns (`timing.interleaved`), `--repeats` rounds, medians reported.
@@ -111,11 +110,11 @@ VARIANTS = {
     'activation': {'relu, dropout after the conv': _UNFUSED,
                    'in the conv\'s pass (charjax)': (native_conv, 'FUSE_ACTIVATION', True)},
     'dense': {'full product, then relu and dropout': _DENSE_UNFUSED,
-              'sparse forward at any keep': [(dense, 'SPARSE_DROPOUT', True),
-                                             (dense, 'SPARSE_FORWARD_MAX_KEEP', 1.0)],
-              'only the kept products (charjax)': [
+              'only the kept products at any keep': [(dense, 'SPARSE_DROPOUT', True),
+                                                     (dense, 'SPARSE_MAX_KEEP', 1.0)],
+              'only the kept products, keep <= SPARSE_MAX_KEEP (charjax)': [
                   (dense, 'SPARSE_DROPOUT', True),
-                  (dense, 'SPARSE_FORWARD_MAX_KEEP', dense.SPARSE_FORWARD_MAX_KEEP)]},
+                  (dense, 'SPARSE_MAX_KEEP', dense.SPARSE_MAX_KEEP)]},
 }
 # The convolution implementation each choice's models use.
 CONV_IMPL = {'winograd': 'native', 'fusion': 'native', 'dropout': 'native',

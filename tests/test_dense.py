@@ -85,6 +85,7 @@ def test_dense_layer_skips_dropped_products_without_changing_the_layer(monkeypat
   params = layer.init(jax.random.key(0), x, deterministic=True)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, nn.Dense(64).init(jax.random.key(0), x))  # nn.Dense's parameters
+  monkeypatch.setattr(dense, 'SPARSE_MAX_KEEP', 1.0)  # every rate here takes the sparse path
   results = {}
   for sparse in (True, False):
     monkeypatch.setattr(dense, 'SPARSE_DROPOUT', sparse)
@@ -102,6 +103,18 @@ def test_dense_layer_skips_dropped_products_without_changing_the_layer(monkeypat
   evaluation = layer.apply(params, x, deterministic=True)
   np.testing.assert_allclose(evaluation, jax.nn.relu(x @ params['params']['kernel']
                                                      + params['params']['bias']), rtol=1e-5)
+
+
+@needs_native
+def test_dense_layer_is_sparse_only_up_to_its_keep_probability():
+  x = jnp.ones((4, 40))
+  for rate, sparse in ((0.8, True), (0.75, True), (0.7, False), (0.25, False)):
+    layer = dense.Dense(16, relu=True, dropout_rate=rate)
+    params = layer.init(jax.random.key(0), x, deterministic=True)
+    f = lambda p: jnp.sum(layer.apply(p, x, deterministic=False,
+                                      rngs={'dropout': jax.random.key(1)}))
+    hlo = jax.jit(jax.grad(f)).lower(params).as_text()
+    assert ('charjax_conv_masked_matmul' in hlo) == sparse, rate
 
 
 @needs_native

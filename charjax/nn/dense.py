@@ -3,12 +3,13 @@
 Dropout at rate r after a dense layer zeroes a fraction r of its outputs, and their
 gradients: exp 2's 256-unit layer (dropout 0.8) keeps a fifth of its products, exp 3's
 (0.7) under a third. `Dense(relu=True, dropout_rate=r)` draws its mask first and, with
-charjax's native CPU kernels (`native/dense.cc`), computes the backward products skipping
-the gradient's zeros (those of dropped and of ReLU-clipped outputs) and, at low keep
-probabilities, the forward product only where the mask keeps (`masked_matmul`). The result is the unfused layer's:
+charjax's native CPU kernels (`native/dense.cc`) and a keep probability of at most
+`SPARSE_MAX_KEEP`, computes the forward product only where the mask keeps and the backward
+products skipping the gradient's zeros (those of dropped and of ReLU-clipped outputs):
+`masked_matmul`. The result is the unfused layer's:
 `dropout.Dropout(r)(relu(x @ kernel + bias), rng=rng)` with the same mask (`keep_mask`),
-the products summed in another order. Elsewhere (GPU, bfloat16, `impl='xla'`,
-`SPARSE_DROPOUT` off) the layer is exactly that unfused computation.
+the products summed in another order. Elsewhere (higher keep probabilities, GPU, bfloat16,
+`impl='xla'`, `SPARSE_DROPOUT` off) the layer is exactly that unfused computation.
 
 `Dense` keeps `nn.Dense`'s parameter names and shapes (and, being named `Dense`, its
 auto-generated module names), so checkpoints do not depend on which layer made them.
@@ -29,11 +30,12 @@ from charjax.nn import native_conv
 # Whether `Dense` computes only the products its dropout keeps (read when a model is traced;
 # `benchmarks.ablations --choices=dense` times both).
 SPARSE_DROPOUT = True
-# The largest keep probability for which the forward computes only the kept products. Each
-# kept product is a dot product streaming the kernel from cache, several times slower per
-# multiply-add than XLA's dense product: with 2 CPU cores (`benchmarks.ablations
-# --choices=dense`) exp 2's layer (keep 0.2) gains from it, exp 3's (0.3) does not.
-SPARSE_FORWARD_MAX_KEEP = 0.25
+# The largest keep probability for which the layer computes only the kept products. Each kept
+# product is a dot product streaming the kernel from cache, several times slower per
+# multiply-add than XLA's dense product, and the gradients' row sums are slower per
+# multiply-add too: on 2 CPU cores (`benchmarks.ablations --choices=dense`) exp 2's train step
+# (keep 0.2) is 1.32x faster with the sparse layer, exp 3's (keep 0.3) no faster.
+SPARSE_MAX_KEEP = 0.25
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -90,9 +92,9 @@ class Dense(nn.Module):
 
   With `relu`, a ReLU follows the product; with `dropout_rate` > 0 and not `deterministic`,
   `dropout.Dropout(dropout_rate)`, its key from the 'dropout' rng collection. On CPU with
-  charjax's native kernels (`impl`: as `conv.resolve_impl`), float32 and `SPARSE_DROPOUT`,
-  only the kept outputs of [n, features] inputs are computed (`masked_matmul`); otherwise
-  all of them, then the dropout.
+  charjax's native kernels (`impl`: as `conv.resolve_impl`), float32, `SPARSE_DROPOUT` and a
+  keep probability up to `SPARSE_MAX_KEEP`, only the kept outputs of [n, features] inputs
+  are computed (`masked_matmul`); otherwise all of them, then the dropout.
   """
   features: int
   relu: bool = False
@@ -115,14 +117,15 @@ class Dense(nn.Module):
       y = jnp.dot(x, kernel) + bias
       return nn.relu(y) if self.relu else y
     rng = self.make_rng('dropout')
-    sparse = (SPARSE_DROPOUT and x.ndim == 2
+    keep = 1.0 - self.dropout_rate
+    sparse = (SPARSE_DROPOUT and x.ndim == 2 and keep <= SPARSE_MAX_KEEP
               and conv.resolve_impl(self.impl, dtype=self.dtype) == 'native')
     if not sparse:
       y = jnp.dot(x, kernel) + bias
       y = nn.relu(y) if self.relu else y
       return dropout.Dropout(self.dropout_rate)(y, deterministic=False, rng=rng)
-    mask, keep_prob = dropout.keep_mask(rng, 1.0 - self.dropout_rate, (x.shape[0], self.features))
-    y = masked_matmul(x, kernel, mask, keep_prob <= SPARSE_FORWARD_MAX_KEEP) + bias
+    mask, keep_prob = dropout.keep_mask(rng, keep, (x.shape[0], self.features))
+    y = masked_matmul(x, kernel, mask) + bias
     y = nn.relu(y) if self.relu else y
     return jnp.where(mask, y / jnp.asarray(keep_prob, y.dtype), jnp.zeros_like(y))
 
