@@ -207,8 +207,8 @@ ffi::Error SparseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   for (int64_t j = 0; j < m; ++j) counts[j] = Nonzeros(gt.data() + j * n, n, lists.data() + j * n);
   // Each K block is one thread's (x's slice in one core's L2): at least two per thread.
   const int64_t threads = Workers(pool, K);
-  const int64_t block =
-      std::min(BlockSize(n), ((K + 2 * threads - 1) / (2 * threads) + 63) / 64 * 64);
+  const int64_t block = std::max<int64_t>(
+      64, std::min(BlockSize(n), ((K + 2 * threads - 1) / (2 * threads) + 63) / 64 * 64));
   const int64_t blocks = (K + block - 1) / block;
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(m * block));
   ParallelFor(pool, blocks, threads, blocks, [&](int64_t worker, int64_t, int64_t b) {
