@@ -129,7 +129,7 @@ def test_ablations_benchmark_runs(tmp_path):
   assert [r['choice'] for r in rows] == ['pool', 'pool', 'relu', 'relu', 'conv', 'conv',
                                          'winograd', 'winograd', 'winograd', 'fusion', 'fusion',
                                          'dropout', 'dropout', 'dropout', 'activation',
-                                         'activation']
+                                         'activation', 'dense', 'dense', 'dense']
   assert all(r['images_per_s'] > 0 for r in rows)
   winograd, xla = rows[4:6]
   assert winograd['mflop_per_image'] < xla['mflop_per_image']  # fewer multiplications
