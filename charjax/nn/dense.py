@@ -45,7 +45,8 @@ def masked_matmul(x: jax.Array, kernel: jax.Array, mask: jax.Array,
   on CPU with the native kernels. The forward computes only the kept products
   (`native_forward`), or all of them with XLA's product and then masks them; the gradients
   skip the output gradient's zeros (with dropout at rate r, a fraction r at least)."""
-  return _masked_matmul(x, kernel, mask, native_forward)
+  _check(x, kernel, mask)
+  return _masked_matmul(x, kernel.T, mask, native_forward)
 
 
 def _check(x, kernel, mask):
@@ -59,25 +60,27 @@ def _check(x, kernel, mask):
     raise TypeError(f'masked_matmul takes float32, got {x.dtype}, {kernel.dtype}')
 
 
-def _masked_matmul(x, kernel, mask, native_forward):
-  _check(x, kernel, mask)
+def _masked_matmul(x, kernel_t, mask, native_forward):
+  """The forward from the transposed kernel [m, K] (the native kernels read its rows)."""
   if not native_forward:
-    return jnp.where(mask, jnp.dot(x, kernel), 0)
+    return jnp.where(mask, jnp.dot(x, kernel_t.T), 0)
   return native_conv._call(  # pylint: disable=protected-access
       'masked_matmul', lambda x, w, m: [(x.shape[0], w.shape[0])],
-      x, kernel.T, mask.astype(jnp.int8), batched=(True, False, True))[0]
+      x, kernel_t, mask.astype(jnp.int8), batched=(True, False, True))[0]
 
 
 def _masked_matmul_forward(x, kernel, mask, native_forward):
-  return _masked_matmul(x, kernel, mask, native_forward), (x, kernel, mask)
+  _check(x, kernel, mask)
+  kernel_t = kernel.T  # once, for the forward and the input gradient
+  return _masked_matmul(x, kernel_t, mask, native_forward), (x, kernel_t, mask)
 
 
 def _masked_matmul_backward(native_forward, residuals, g):
   del native_forward
-  x, kernel, mask = residuals
+  x, kernel_t, mask = residuals
   g = jnp.where(mask, g, 0)  # the dropped outputs are constants
   call = native_conv._call  # pylint: disable=protected-access
-  dx = call('sparse_input_grad', lambda g, w: [(g.shape[0], w.shape[1])], g, kernel.T,
+  dx = call('sparse_input_grad', lambda g, w: [(g.shape[0], w.shape[1])], g, kernel_t,
             batched=(True, False))[0]
   dkernel = call('sparse_kernel_grad', lambda x, g: [(x.shape[1], g.shape[1])], x, g,
                  batched=(True, True), summed=True)[0]

@@ -85,6 +85,26 @@ inline void Dots(const float* x, const float* const (&w)[Q], int64_t len, float 
   }
 }
 
+// Runs row(i, js, count, k0, len) for every image i < n and K block [k0, k0 + len), js
+// holding the positions of the count nonzeros of row i of select [n][m]. The images are cut
+// into chunks over the pool; each chunk walks the K blocks over all its images, so a
+// block's m rows of wt stay in L2 while the chunk uses them.
+template <typename T, typename F>
+void ForImageBlocks(ffi::ThreadPool& pool, const T* select, int64_t n, int64_t m, int64_t K,
+                    F&& row) {
+  const int64_t block = BlockSize(m), threads = Workers(pool, n);
+  const int64_t chunks = std::min<int64_t>(n, 4 * threads);
+  ParallelFor(pool, chunks, threads, chunks, [&](int64_t, int64_t, int64_t c) {
+    const int64_t b0 = c * n / chunks, b1 = (c + 1) * n / chunks;
+    std::vector<int32_t> lists((b1 - b0) * m), counts(b1 - b0);
+    for (int64_t i = b0; i < b1; ++i)
+      counts[i - b0] = Nonzeros(select + i * m, m, lists.data() + (i - b0) * m);
+    for (int64_t k0 = 0; k0 < K; k0 += block)
+      for (int64_t i = b0; i < b1; ++i)
+        row(i, lists.data() + (i - b0) * m, counts[i - b0], k0, std::min(block, K - k0));
+  });
+}
+
 // z [n][m] = x [n][K] wt[m][K]^T where mask [n][m] != 0, else 0.
 ffi::Error MaskedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt,
                         ffi::Buffer<ffi::S8> mask, ffi::ResultBuffer<ffi::F32> z) {
@@ -97,36 +117,23 @@ ffi::Error MaskedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   const int8_t* ms = mask.typed_data();
   float* zs = z->typed_data();
   std::fill(zs, zs + n * m, 0.f);
-  const int64_t block = BlockSize(m), threads = Workers(pool, n);
-  const int64_t chunks = std::min<int64_t>(n, 4 * threads);
-  // One item per chunk of images: each chunk walks the K blocks over all its images.
-  ParallelFor(pool, chunks, threads, chunks, [&](int64_t, int64_t, int64_t c) {
-    const int64_t b0 = c * n / chunks, b1 = (c + 1) * n / chunks;
-    std::vector<int32_t> lists((b1 - b0) * m), counts(b1 - b0);
-    for (int64_t i = b0; i < b1; ++i)
-      counts[i - b0] = Nonzeros(ms + i * m, m, lists.data() + (i - b0) * m);
-    for (int64_t k0 = 0; k0 < K; k0 += block) {
-      const int64_t len = std::min(block, K - k0);
-      for (int64_t i = b0; i < b1; ++i) {
-        const int32_t* js = lists.data() + (i - b0) * m;
-        const int32_t count = counts[i - b0];
-        const float* xi = xs + i * K + k0;
-        float* zi = zs + i * m;
-        int32_t p = 0;
-        for (; p + 4 <= count; p += 4) {
-          const float* const w[4] = {ws + js[p] * K + k0, ws + js[p + 1] * K + k0,
-                                     ws + js[p + 2] * K + k0, ws + js[p + 3] * K + k0};
-          float out[4];
-          Dots<4>(xi, w, len, out);
-          for (int q = 0; q < 4; ++q) zi[js[p + q]] += out[q];
-        }
-        for (; p < count; ++p) {
-          const float* const w[1] = {ws + js[p] * K + k0};
-          float out[1];
-          Dots<1>(xi, w, len, out);
-          zi[js[p]] += out[0];
-        }
-      }
+  ForImageBlocks(pool, ms, n, m, K, [&](int64_t i, const int32_t* js, int32_t count,
+                                        int64_t k0, int64_t len) {
+    const float* xi = xs + i * K + k0;
+    float* zi = zs + i * m;
+    int32_t p = 0;
+    for (; p + 4 <= count; p += 4) {
+      const float* const w[4] = {ws + js[p] * K + k0, ws + js[p + 1] * K + k0,
+                                 ws + js[p + 2] * K + k0, ws + js[p + 3] * K + k0};
+      float out[4];
+      Dots<4>(xi, w, len, out);
+      for (int q = 0; q < 4; ++q) zi[js[p + q]] += out[q];
+    }
+    for (; p < count; ++p) {
+      const float* const w[1] = {ws + js[p] * K + k0};
+      float out[1];
+      Dots<1>(xi, w, len, out);
+      zi[js[p]] += out[0];
     }
   });
   return ffi::Error::Success();
@@ -170,19 +177,9 @@ ffi::Error SparseInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gz,
   const float* gs = gz.typed_data();
   const float* ws = wt.typed_data();
   float* dxs = dx->typed_data();
-  const int64_t block = BlockSize(m), threads = Workers(pool, n);
-  const int64_t chunks = std::min<int64_t>(n, 4 * threads);
-  ParallelFor(pool, chunks, threads, chunks, [&](int64_t, int64_t, int64_t c) {
-    const int64_t b0 = c * n / chunks, b1 = (c + 1) * n / chunks;
-    std::vector<int32_t> lists((b1 - b0) * m), counts(b1 - b0);
-    for (int64_t i = b0; i < b1; ++i)
-      counts[i - b0] = Nonzeros(gs + i * m, m, lists.data() + (i - b0) * m);
-    for (int64_t k0 = 0; k0 < K; k0 += block) {
-      const int64_t len = std::min(block, K - k0);
-      for (int64_t i = b0; i < b1; ++i)
-        ScaledRowSum(gs + i * m, lists.data() + (i - b0) * m, counts[i - b0], ws + k0, K, len,
-                     dxs + i * K + k0);
-    }
+  ForImageBlocks(pool, gs, n, m, K, [&](int64_t i, const int32_t* js, int32_t count,
+                                        int64_t k0, int64_t len) {
+    ScaledRowSum(gs + i * m, js, count, ws + k0, K, len, dxs + i * K + k0);
   });
   return ffi::Error::Success();
 }
