@@ -4,6 +4,7 @@
   python -m charjax.evaluate --workdir runs/all_classes dhcd:test --skip_unknown_classes
   python -m charjax.evaluate --workdir runs/numerals my_digits/        # <class>/<image>
   python -m charjax.evaluate --svc runs/study/exp3/svc/svc_vowels.npz vowels_scans.zip
+  python -m charjax.evaluate --workdir runs/recipe_x3 validation       # the seeds' ensemble
 
 DATA is one of
 - `train`, `validation` or `test`: the run's own split (the images it was trained,
@@ -20,7 +21,12 @@ the dataset's own ink polarity for a split, judged from each image's border for 
 (as `charjax.predict` does). Classes are matched to the run's by name; data holding a class
 the run does not have is refused, naming it (`--skip_unknown_classes` leaves those images
 out and counts them). `--tta shift1|shift2` averages the scores over whole-pixel shifts of
-each image (test-time augmentation; choose it on `validation`, never on `test`). The report
+each image (test-time augmentation; choose it on `validation`, never on `test`).
+
+Several runs score as an ensemble, their class probabilities averaged: `--workdir` given
+more than once, or a folder of `charjax.seeds` (every `seed_<k>/` in it). The runs must have
+the same classes and, for the run's own splits, the same split; the report also holds each
+member's accuracy. Like TTA, an ensemble is chosen on `validation`. The report
 (`--out`, default `<workdir>/evaluations/<data>.json`) holds the accuracy, per-class accuracy, confusion matrix (rows: true class, in the run's
 class order), the class mapping used and what was read.
 """
@@ -68,6 +74,38 @@ TTA_VIEWS = {
 
 class EvaluationError(ValueError):
   """The data cannot be evaluated with this run (unknown classes, nothing found, ...)."""
+
+
+def ensemble_members(workdirs: str | list[str]) -> list[str]:
+  """The runs that `workdirs` names: each a run folder, or a `charjax.seeds` folder standing
+  for its `seed_<k>/` runs (in seed order)."""
+  members = []
+  for workdir in [workdirs] if isinstance(workdirs, str) else workdirs:
+    path = pathlib.Path(workdir)
+    seeds = sorted((p for p in path.glob('seed_*') if p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    if seeds and not (path / 'config.json').exists():
+      members += [str(p) for p in seeds]
+    else:
+      members.append(str(workdir))
+  if not members:
+    raise EvaluationError('Give at least one run.')
+  return members
+
+
+def _check_same_runs(members: list[str], classifiers: list, own_split: bool) -> None:
+  """Refuses an ensemble whose runs disagree on classes, input size or (for their own
+  splits) the images in each split."""
+  for member, classifier in zip(members[1:], classifiers[1:]):
+    if (classifier.class_names, classifier.size) != (classifiers[0].class_names,
+                                                     classifiers[0].size):
+      raise EvaluationError(f'{member} has other classes or input size than {members[0]}; an '
+                            'ensemble needs runs of the same classes.')
+    if own_split and (json.loads((pathlib.Path(member) / 'splits.json').read_text()) !=
+                      json.loads((pathlib.Path(members[0]) / 'splits.json').read_text())):
+      raise EvaluationError(f'{member} was trained on another split than {members[0]}: their '
+                            'own splits cannot be scored together (give a dataset split or '
+                            'a folder).')
 
 
 def class_aliases(run_classes: list[str]) -> dict[str, str]:
@@ -185,20 +223,27 @@ def scores_of(classifier: predict.Classifier, inputs: np.ndarray, tta: str = 'no
   return np.concatenate(out)
 
 
-def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
+def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = None,
              skip_unknown: bool = False, data_dir: str = '', tfds_dir: str = '',
              tta: str = 'none') -> dict:
   """Scores the run (or the SVC on its features) on `data` (see the module docstring).
 
-  `data_dir` / `tfds_dir` say where a dataset split's archive and prepared data are, when
-  not where the run's config looked. `tta` averages the scores over shifted copies of each
-  image (`TTA_VIEWS`): choose it on the `validation` split, then apply it to test.
+  `workdir` may name several runs (a list, or a `charjax.seeds` folder): their ensemble is
+  scored, class probabilities averaged. `data_dir` / `tfds_dir` say where a dataset split's
+  archive and prepared data are, when not where the run's config looked. `tta` averages the
+  scores over shifted copies of each image (`TTA_VIEWS`): choose it on the `validation`
+  split, then apply it to test.
   """
   if tta not in TTA_VIEWS:
     raise EvaluationError(f'--tta={tta!r} is not one of {", ".join(TTA_VIEWS)}')
   if workdir is None:
     workdir = svc_lib.load(svc)[1]['cnn_workdir']  # the network the SVC reads
-  classifier = predict.load_classifier(workdir, svc)
+  members = ensemble_members(workdir)
+  if svc and len(members) > 1:
+    raise EvaluationError('An SVC reads one network\'s features: give one --workdir with --svc.')
+  classifiers = [predict.load_classifier(m, svc) for m in members]
+  _check_same_runs(members, classifiers, data in RUN_SPLITS)
+  workdir, classifier = members[0], classifiers[0]
   config = runs.load_config(workdir)
   with config.unlocked():
     config.data_dir = data_dir or config.data_dir
@@ -228,15 +273,19 @@ def evaluate(workdir: str | None, data: str, *, svc: str | None = None,
     inputs = np.stack([predict.to_input(g, config.image_size) for g in greys])
     source.update(kind='folder', path=str(path.resolve()),
                   preprocessing='training (ink polarity judged from each image\'s border)')
-  scores = scores_of(classifier, inputs, tta)
+  member_scores = [scores_of(c, inputs, tta) for c in classifiers]
+  scores = np.mean(member_scores, axis=0)
   if not np.all(np.isfinite(scores)):
     raise EvaluationError('The classifier gave NaN or infinite scores: its checkpoint is '
                           'probably damaged.')
   predictions = np.argmax(scores, axis=-1)
   confusion = rundir.confusion_matrix(labels, predictions, len(run_classes))
   counts = confusion.sum(1)
+  ensemble = {} if len(members) == 1 else {
+      'ensemble': members,
+      'member_accuracies': [float(np.mean(np.argmax(m, -1) == labels)) for m in member_scores]}
   return {
-      'workdir': str(workdir), 'svc': svc, **source, 'tta': tta,
+      'workdir': str(workdir), 'svc': svc, **source, 'tta': tta, **ensemble,
       'tta_views': [list(v) for v in TTA_VIEWS[tta]],
       'images': int(len(labels)), 'accuracy': float(np.mean(predictions == labels)),
       'per_class_accuracy': {n: float(confusion[i, i] / counts[i])
@@ -267,17 +316,27 @@ def main(argv):
           configuration.ConfigError, archives.ArchiveError, registry.UnknownDatasetError,
           sources.DataNotFoundError) as e:
     sys.exit(f'charjax: {e}')
-  out = pathlib.Path(flags.FLAGS.out) if flags.FLAGS.out else _default_out(
-      report['workdir'], argv[1] + ('' if flags.FLAGS.tta == 'none' else f'_tta_{flags.FLAGS.tta}'))
+  tag = argv[1] + ('' if flags.FLAGS.tta == 'none' else f'_tta_{flags.FLAGS.tta}')
+  if 'ensemble' in report:  # beside the seeds, or the first run's, named as an ensemble
+    seeds_dir = len(flags.FLAGS.workdir) == 1 and flags.FLAGS.workdir[0]
+    tag, home = (tag, seeds_dir) if seeds_dir else (
+        f'{tag}_ensemble_of_{len(report["ensemble"])}', report['workdir'])
+  else:
+    home = report['workdir']
+  out = pathlib.Path(flags.FLAGS.out) if flags.FLAGS.out else _default_out(home, tag)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
   skipped = sum(report['skipped_unknown_classes'].values())
+  members = (f' (ensemble of {len(report["ensemble"])} runs; each: ' + ', '.join(
+      f'{100 * a:.2f}' for a in report['member_accuracies']) + ')') if 'ensemble' in report else ''
   print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images'
-        f'{f" ({skipped} of unknown classes left out)" if skipped else ""}; report in {out}')
+        f'{members}{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
+        f'report in {out}')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'A finished training run.')
+  flags.DEFINE_multi_string('workdir', None, 'A finished training run, or a charjax.seeds '
+                            'folder; several score as an ensemble (probabilities averaged).')
   flags.DEFINE_string('svc', None, 'An SVC saved by charjax.study.specialise (svc_<subset>.npz).')
   flags.DEFINE_bool('skip_unknown_classes', False,
                     'Leave out images of classes the run does not have (else refuse).')

@@ -104,3 +104,30 @@ def test_test_time_augmentation_averages_the_views_scores(reference_run):
       np.mean(np.argmax(np.mean(views, 0), -1) == data.labels['validation']))
   with pytest.raises(evaluate.EvaluationError, match='not one of'):
     evaluate.evaluate(str(workdir), 'validation', tta='rotate')
+
+
+def test_an_ensemble_refuses_runs_of_other_classes_or_splits(reference_run, tmp_path):
+  """Runs of other classes cannot be averaged; runs of another split cannot be scored on
+  their own splits together (a dataset split is fine)."""
+  import shutil
+  _, workdir = reference_run
+  other = tmp_path / 'other_split'
+  shutil.copytree(workdir, other)
+  splits = json.loads((other / 'splits.json').read_text())
+  splits['test'], splits['validation'] = splits['validation'], splits['test']
+  (other / 'splits.json').write_text(json.dumps(splits))
+  with pytest.raises(evaluate.EvaluationError, match='another split'):
+    evaluate.evaluate([str(workdir), str(other)], 'test')
+  same = evaluate.evaluate([str(workdir), str(workdir)], 'test')
+  alone = evaluate.evaluate(str(workdir), 'test')
+  assert same['accuracy'] == alone['accuracy'] and same['member_accuracies'] == [
+      alone['accuracy']] * 2
+  with pytest.raises(evaluate.EvaluationError, match='SVC'):
+    evaluate.evaluate([str(workdir), str(workdir)], 'test', svc='x.npz')
+  renamed = tmp_path / 'other_classes'
+  shutil.copytree(workdir, renamed)
+  results = json.loads((renamed / 'results.json').read_text())
+  results['class_names'] = results['class_names'][::-1]
+  (renamed / 'results.json').write_text(json.dumps(results))
+  with pytest.raises(evaluate.EvaluationError, match='other classes'):
+    evaluate.evaluate([str(workdir), str(renamed)], 'validation')

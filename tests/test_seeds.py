@@ -3,9 +3,13 @@
 import json
 import statistics
 
+import numpy as np
 import pytest
 
+from charjax import evaluate
+from charjax import predict
 from charjax import seeds
+from charjax.data import input_pipeline
 from tests.test_train import tiny_config
 
 
@@ -23,6 +27,17 @@ def test_seeds_train_separately_and_report_mean_and_std(prepared_dirs, tmp_path)
   assert per_seed[0]['best_val_loss'] != per_seed[1]['best_val_loss']
   splits = [json.loads((tmp_path / f'seed_{k}' / 'splits.json').read_text()) for k in (0, 1)]
   assert splits[0] == splits[1]
+  # The seeds' folder scores as an ensemble: probabilities averaged, each member reported.
+  ensemble = evaluate.evaluate(str(tmp_path), 'test')
+  assert ensemble['ensemble'] == [str(tmp_path / 'seed_0'), str(tmp_path / 'seed_1')]
+  assert ensemble['member_accuracies'] == pytest.approx(accuracies)
+  _, data = input_pipeline.load_splits(config)
+  probabilities = [predict.load_classifier(str(tmp_path / f'seed_{k}'), None).scores(
+      data.images['test']) for k in (0, 1)]
+  expected = np.argmax(np.mean(probabilities, 0), -1)
+  assert ensemble['accuracy'] == pytest.approx(np.mean(expected == data.labels['test']))
+  assert evaluate.evaluate([str(tmp_path / 'seed_1')], 'test')['accuracy'] == pytest.approx(
+      accuracies[1])
   # Rerunning resumes: finished seeds are not trained again.
   stamp = (tmp_path / 'seed_0' / 'results.json').stat().st_mtime_ns
   again = seeds.train_seeds(config, str(tmp_path), num_seeds=2, first_seed=5)
