@@ -96,13 +96,15 @@ def ensemble_members(workdirs: str | list[str]) -> list[str]:
 def _check_same_runs(members: list[str], classifiers: list, own_split: bool) -> None:
   """Refuses an ensemble whose runs disagree on classes, input size or (for their own
   splits) the images in each split."""
+  def split_of(run):
+    return json.loads((pathlib.Path(run) / 'splits.json').read_text())
+  first_split = split_of(members[0]) if own_split and len(members) > 1 else None
   for member, classifier in zip(members[1:], classifiers[1:]):
     if (classifier.class_names, classifier.size) != (classifiers[0].class_names,
                                                      classifiers[0].size):
       raise EvaluationError(f'{member} has other classes or input size than {members[0]}; an '
                             'ensemble needs runs of the same classes.')
-    if own_split and (json.loads((pathlib.Path(member) / 'splits.json').read_text()) !=
-                      json.loads((pathlib.Path(members[0]) / 'splits.json').read_text())):
+    if own_split and split_of(member) != first_split:
       raise EvaluationError(f'{member} was trained on another split than {members[0]}: their '
                             'own splits cannot be scored together (give a dataset split or '
                             'a folder).')
