@@ -25,7 +25,7 @@ FIELDS = {
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
     'checkpoint_every_epochs': int, 'num_devices': int, 'init_from': str,
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
-    'augment_translate': float, 'label_smoothing': float,
+    'augment_translate': float, 'augment_erase': float, 'label_smoothing': float,
 }
 
 # Run-wide fields added after runs had been saved without them, each with the value that
@@ -35,7 +35,7 @@ ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom
                # Older runs carved their test split; 'auto' does so too on the data they
                # had (data.json refuses a resume on data with an official test split).
                'test_split': 'auto', 'init_from': '', 'augment_translate': 0.0,
-               'label_smoothing': 0.0}
+               'label_smoothing': 0.0, 'augment_erase': 0.0}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.
@@ -118,6 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(0 <= config.augment_zoom < 1, f'augment_zoom={config.augment_zoom} not in [0, 1)')
   need(0 <= config.augment_translate < 0.5,
        f'augment_translate={config.augment_translate} not in [0, 0.5)')
+  need(0 <= config.augment_erase <= 1,
+       f'augment_erase={config.augment_erase} not in [0, 1]')
   need(0 <= config.label_smoothing < 1,
        f'label_smoothing={config.label_smoothing} not in [0, 1)')
   try:

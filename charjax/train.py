@@ -158,9 +158,9 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
                 progress: bool = False, label_smoothing: float = 0.0):
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
-  With an `augmentation`, each training batch is randomly rotated, zoomed and shifted on the
-  device (draws from `fold_in(rng, state.step)`); evaluation never is. `label_smoothing`
-  as in `train_step`.
+  With an `augmentation`, each training batch is randomly rotated, zoomed, shifted and
+  erased on the device (draws from `fold_in(rng, state.step)`); evaluation never is.
+  `label_smoothing` as in `train_step`.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
   batches run in a `lax.scan`, the remainder as one more step of its own size (padded to a

@@ -86,3 +86,66 @@ def test_translation_draws_stay_in_range_and_leave_rotation_draws_alone():
   com = lambda x: np.asarray((x * r).sum((1, 2, 3)) / x.sum((1, 2, 3)))
   shift = com(moved) - com(images)
   assert np.abs(shift).max() <= 2.8 + 0.05 and np.abs(shift).max() > 1.0
+
+
+def test_erase_boxes_are_inside_the_image_with_the_drawn_area():
+  boxes = np.asarray(augment.erase_boxes(jax.random.key(5), 2000, 36, 30, 1.0,
+                                         area=(0.05, 0.2), max_aspect=2.0))
+  top, left, bottom, right = boxes.T
+  assert (top >= 0).all() and (left >= 0).all() and (bottom <= 36).all() and (right <= 30).all()
+  h, w = bottom - top, right - left
+  assert (h >= 1).all() and (w >= 1).all()
+  fraction = h * w / (36 * 30)
+  # Rounding each side to whole pixels moves the area a little past the drawn range.
+  assert fraction.min() > 0.04 and fraction.max() < 0.23
+  assert 0.3 < np.mean(h > w) < 0.6 and 0.3 < np.mean(w > h) < 0.6  # both orientations
+  assert (h / w).max() <= 2.0 * 1.3 and (w / h).max() <= 2.0 * 1.3
+  # Positions cover the image: tops from 0 to near the bottom.
+  assert top.min() == 0 and top.max() > 25
+
+
+def test_erasing_zeroes_exactly_the_drawn_rectangle_and_nothing_else():
+  images = jnp.asarray(np.random.default_rng(0).uniform(0.1, 1.0, (64, 12, 10, 1)), jnp.float32)
+  key = jax.random.key(11)
+  out = np.asarray(augment.random_erase(key, images, 0.5))
+  boxes = np.asarray(augment.erase_boxes(key, 64, 12, 10, 0.5))
+  expected = np.asarray(images).copy()
+  for image, (t, l, b, r) in zip(expected, boxes):
+    image[t:b, l:r] = 0.0
+  np.testing.assert_array_equal(out, expected)
+  erased = (out == 0).any(axis=(1, 2, 3))
+  assert 16 < erased.sum() < 48  # about half the images, with probability 0.5
+
+
+def test_erasing_probability_zero_and_one():
+  images = jnp.ones((32, 8, 8, 1))
+  np.testing.assert_array_equal(augment.random_erase(jax.random.key(0), images, 0.0), images)
+  out = np.asarray(augment.random_erase(jax.random.key(0), images, 1.0))
+  assert ((out == 0).sum(axis=(1, 2, 3)) >= 1).all()
+
+
+def test_erasing_in_random_augment_leaves_the_other_draws_alone():
+  images = jnp.tile(_blob_images(1), (16, 1, 1, 1))
+  aug = augment.Augmentation(10.0, 0.1, max_translate=0.05)
+  plain = np.asarray(augment.random_augment(jax.random.key(4), images, aug))
+  erased = np.asarray(augment.random_augment(
+      jax.random.key(4), images, augment.Augmentation(10.0, 0.1, 0.05, erase_probability=1.0)))
+  changed = plain != erased
+  assert (erased[changed] == 0).all()          # only zeros where they differ
+  assert changed.any(axis=(1, 2, 3)).sum() > 8  # and most images lose some ink
+
+
+def test_from_config_reads_erasing():
+  from charjax.configs import recipe
+  config = recipe.get_config()
+  config.augment_erase = 0.5
+  assert augment.from_config(config).erase_probability == 0.5
+
+
+def test_erasing_probability_outside_0_1_is_refused():
+  from charjax import configuration
+  from charjax.configs import recipe
+  config = recipe.get_config()
+  config.augment_erase = 1.5
+  with pytest.raises(configuration.ConfigError, match=r'augment_erase=1.5 not in \[0, 1\]'):
+    configuration.validate(config)

@@ -38,6 +38,7 @@ def recipe_config(data_dir, tfds_dir):
   config.label_smoothing = 0.1
   config.augment = True
   config.augment_translate = 0.1
+  config.augment_erase = 0.5
   return config
 
 

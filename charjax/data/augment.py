@@ -1,4 +1,4 @@
-"""On-device data augmentation: random rotation, zoom and shift, drawn per image.
+"""On-device data augmentation: random rotation, zoom, shift and erasing, drawn per image.
 
 Each image is rotated by an angle drawn uniformly in [-max_rotation_degrees,
 +max_rotation_degrees], scaled about its centre by a factor drawn uniformly in
@@ -6,6 +6,9 @@ Each image is rotated by an angle drawn uniformly in [-max_rotation_degrees,
 and width drawn uniformly in [-max_translate, max_translate] per axis (experiment 3 uses
 rotation and zoom, as the study did), with bilinear interpolation; pixels that
 come from outside the image are 0 (background: inputs have bright ink on a dark ground).
+With `erase_probability`, each transformed image then has, with that probability, one
+rectangle set to the background (random erasing, or cutout): a random part of the character
+is missing, as when a stroke is faint or the scan is cut.
 Everything is jittable and runs inside `train.train_epoch`; the draws depend only on the
 key, so a seed gives the same augmented batches on every run.
 """
@@ -25,6 +28,11 @@ class Augmentation:
   max_rotation_degrees: float = 15.0
   max_zoom: float = 0.2
   max_translate: float = 0.0
+  erase_probability: float = 0.0
+  # Range of the erased rectangle's area (fraction of the image) and of its height/width
+  # ratio (log-uniform in [1 / r, r]).
+  erase_area: tuple[float, float] = (0.02, 0.2)
+  erase_max_aspect: float = 2.0
 
 
 def affine_warp(images: jax.Array, angles: jax.Array, scales: jax.Array,
@@ -67,7 +75,45 @@ def random_augment(rng: jax.Array, images: jax.Array, aug: Augmentation) -> jax.
     limit = aug.max_translate * jnp.array(images.shape[1:3], jnp.float32)
     shifts = jax.random.uniform(jax.random.fold_in(rng, 1), (n, 2), minval=-limit,
                                 maxval=limit)
-  return affine_warp(images, angles, scales, shifts)
+  images = affine_warp(images, angles, scales, shifts)
+  if aug.erase_probability:  # its own key, like the shifts
+    images = random_erase(jax.random.fold_in(rng, 2), images, aug.erase_probability,
+                          aug.erase_area, aug.erase_max_aspect)
+  return images
+
+
+def erase_boxes(rng: jax.Array, n: int, height: int, width: int, probability: float,
+                area: tuple[float, float] = (0.02, 0.2), max_aspect: float = 2.0):
+  """Draws `n` rectangles as (top, left, bottom, right) pixel bounds, bottom and right
+  exclusive; a rectangle not drawn (probability 1 - `probability`) is empty. Its area is
+  a fraction of the image drawn uniformly in `area`, its height/width ratio log-uniformly
+  in [1 / max_aspect, max_aspect] (both clipped to the image), its position uniformly
+  among those that keep it inside the image."""
+  keys = jax.random.split(rng, 5)
+  apply = jax.random.bernoulli(keys[0], probability, (n,))
+  fraction = jax.random.uniform(keys[1], (n,), minval=area[0], maxval=area[1])
+  log_aspect = jax.random.uniform(keys[2], (n,), minval=-math.log(max_aspect),
+                                  maxval=math.log(max_aspect))
+  pixels = fraction * height * width
+  h = jnp.clip(jnp.round(jnp.sqrt(pixels * jnp.exp(log_aspect))), 1, height).astype(jnp.int32)
+  w = jnp.clip(jnp.round(jnp.sqrt(pixels / jnp.exp(log_aspect))), 1, width).astype(jnp.int32)
+  top = jnp.floor(jax.random.uniform(keys[3], (n,)) * (height - h + 1)).astype(jnp.int32)
+  left = jnp.floor(jax.random.uniform(keys[4], (n,)) * (width - w + 1)).astype(jnp.int32)
+  h, w = jnp.where(apply, h, 0), jnp.where(apply, w, 0)
+  return jnp.stack([top, left, top + h, left + w], axis=-1)
+
+
+def random_erase(rng: jax.Array, images: jax.Array, probability: float,
+                 area: tuple[float, float] = (0.02, 0.2), max_aspect: float = 2.0) -> jax.Array:
+  """`images` (N, H, W, C) with, in each image drawn with `probability`, one rectangle of
+  `erase_boxes` set to 0 (the background)."""
+  n, height, width, _ = images.shape
+  boxes = erase_boxes(rng, n, height, width, probability, area, max_aspect)
+  rows = jnp.arange(height)[None, :, None]
+  cols = jnp.arange(width)[None, None, :]
+  inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
+            & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))
+  return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
 
 
 def from_config(config) -> Augmentation | None:
@@ -76,4 +122,5 @@ def from_config(config) -> Augmentation | None:
     return None
   return Augmentation(max_rotation_degrees=float(config.augment_rotation_degrees),
                       max_zoom=float(config.augment_zoom),
-                      max_translate=float(config.get('augment_translate', 0.0)))
+                      max_translate=float(config.get('augment_translate', 0.0)),
+                      erase_probability=float(config.get('augment_erase', 0.0)))
