@@ -120,6 +120,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'augment_translate={config.augment_translate} not in [0, 0.5)')
   need(0 <= config.augment_erase <= 1,
        f'augment_erase={config.augment_erase} not in [0, 1]')
+  need(not config.augment_erase or config.augment,
+       f'augment_erase={config.augment_erase} needs augment=True (erasing is part of the '
+       'training augmentation)')
   need(0 <= config.label_smoothing < 1,
        f'label_smoothing={config.label_smoothing} not in [0, 1)')
   try:

@@ -149,3 +149,12 @@ def test_erasing_probability_outside_0_1_is_refused():
   config.augment_erase = 1.5
   with pytest.raises(configuration.ConfigError, match=r'augment_erase=1.5 not in \[0, 1\]'):
     configuration.validate(config)
+
+
+def test_erasing_without_augmentation_is_refused():
+  from charjax import configuration
+  from charjax.configs import default
+  config = default.get_config()
+  config.augment_erase = 0.5
+  with pytest.raises(configuration.ConfigError, match='augment_erase=0.5 needs augment=True'):
+    configuration.validate(config)
