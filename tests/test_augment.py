@@ -142,19 +142,14 @@ def test_from_config_reads_erasing():
   assert augment.from_config(config).erase_probability == 0.5
 
 
-def test_erasing_probability_outside_0_1_is_refused():
+@pytest.mark.parametrize('augment_on, erase, message', [
+    (True, 1.5, r'augment_erase=1.5 not in \[0, 1\]'),
+    (False, 0.5, 'augment_erase=0.5 needs augment=True'),
+])
+def test_impossible_erasing_is_refused(augment_on, erase, message):
   from charjax import configuration
   from charjax.configs import recipe
   config = recipe.get_config()
-  config.augment_erase = 1.5
-  with pytest.raises(configuration.ConfigError, match=r'augment_erase=1.5 not in \[0, 1\]'):
-    configuration.validate(config)
-
-
-def test_erasing_without_augmentation_is_refused():
-  from charjax import configuration
-  from charjax.configs import default
-  config = default.get_config()
-  config.augment_erase = 0.5
-  with pytest.raises(configuration.ConfigError, match='augment_erase=0.5 needs augment=True'):
+  config.augment, config.augment_erase = augment_on, erase
+  with pytest.raises(configuration.ConfigError, match=message):
     configuration.validate(config)

@@ -12,8 +12,7 @@ chosen on validation: they reach a lower validation loss than 8 (0.120 at epoch 
 
 Runtime on this project's 2-core CPU: 43-44 min of training and validation. Test accuracy
 (test split carved from DHCD's Train/): 99.48 ± 0.01% over 2 seeds (98.60% with 8 epochs,
-seed 0).
-Details: docs/recipe.md.
+seed 0). Details: docs/recipe.md.
 """
 
 from charjax import configs
