@@ -67,13 +67,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _peer_augmentation(config) -> dict | None:
   """The rotation and zoom ranges every framework applies (None: augmentation off); the
-  peers implement the study's rotation and zoom only, so shifts and erasing are refused."""
+  peers implement the study's rotation and zoom only, so shifts, elastic distortion and
+  erasing are refused."""
   aug = augment.from_config(config)
   if aug is None:
     return None
-  if aug.max_translate or aug.erase_probability:
+  if aug.max_translate or aug.erase_probability or aug.elastic_alpha:
     raise SystemExit('charjax: the peers implement rotation and zoom only; run the '
-                     'comparison with --config.augment_translate=0 --config.augment_erase=0.')
+                     'comparison with --config.augment_translate=0 --config.augment_erase=0 '
+                     '--config.augment_elastic_alpha=0.')
   return {'max_rotation_degrees': aug.max_rotation_degrees, 'max_zoom': aug.max_zoom}
 
 

@@ -25,7 +25,8 @@ FIELDS = {
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
     'checkpoint_every_epochs': int, 'num_devices': int, 'init_from': str,
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
-    'augment_translate': float, 'augment_erase': float, 'label_smoothing': float,
+    'augment_translate': float, 'augment_erase': float, 'augment_elastic_alpha': float,
+    'augment_elastic_sigma': float, 'label_smoothing': float,
 }
 
 # Run-wide fields added after runs had been saved without them, each with the value that
@@ -35,7 +36,8 @@ ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom
                # Older runs carved their test split; 'auto' does so too on the data they
                # had (data.json refuses a resume on data with an official test split).
                'test_split': 'auto', 'init_from': '', 'augment_translate': 0.0,
-               'label_smoothing': 0.0, 'augment_erase': 0.0}
+               'label_smoothing': 0.0, 'augment_erase': 0.0, 'augment_elastic_alpha': 0.0,
+               'augment_elastic_sigma': 4.0}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.
@@ -123,6 +125,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(not config.augment_erase or config.augment,
        f'augment_erase={config.augment_erase} needs augment=True (erasing is part of the '
        'training augmentation)')
+  need(config.augment_elastic_alpha >= 0,
+       f'augment_elastic_alpha={config.augment_elastic_alpha} is negative (0: off)')
+  need(config.augment_elastic_sigma > 0,
+       f'augment_elastic_sigma={config.augment_elastic_sigma} must be positive')
+  need(not config.augment_elastic_alpha or config.augment,
+       f'augment_elastic_alpha={config.augment_elastic_alpha} needs augment=True (the '
+       'distortion is part of the training augmentation)')
   need(0 <= config.label_smoothing < 1,
        f'label_smoothing={config.label_smoothing} not in [0, 1)')
   try:

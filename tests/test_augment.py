@@ -1,4 +1,5 @@
-"""On-device augmentation: identity at zero range, mass kept by rotation, determinism."""
+"""On-device augmentation: identity at zero range, mass kept by rotation, determinism,
+erasing's rectangles, elastic distortion against scipy's Gaussian filter."""
 
 import math
 
@@ -142,14 +143,77 @@ def test_from_config_reads_erasing():
   assert augment.from_config(config).erase_probability == 0.5
 
 
-@pytest.mark.parametrize('augment_on, erase, message', [
-    (True, 1.5, r'augment_erase=1.5 not in \[0, 1\]'),
-    (False, 0.5, 'augment_erase=0.5 needs augment=True'),
+@pytest.mark.parametrize('augment_on, field, value, message', [
+    (True, 'augment_erase', 1.5, r'augment_erase=1.5 not in \[0, 1\]'),
+    (False, 'augment_erase', 0.5, 'augment_erase=0.5 needs augment=True'),
+    (True, 'augment_elastic_alpha', -1.0, 'augment_elastic_alpha=-1.0 is negative'),
+    (True, 'augment_elastic_sigma', 0.0, 'augment_elastic_sigma=0.0 must be positive'),
+    (False, 'augment_elastic_alpha', 8.0, 'augment_elastic_alpha=8.0 needs augment=True'),
 ])
-def test_impossible_erasing_is_refused(augment_on, erase, message):
+def test_impossible_augmentation_is_refused(augment_on, field, value, message):
   from charjax import configuration
   from charjax.configs import recipe
   config = recipe.get_config()
-  config.augment, config.augment_erase = augment_on, erase
+  config.augment = augment_on
+  config[field] = value
   with pytest.raises(configuration.ConfigError, match=message):
     configuration.validate(config)
+
+
+@pytest.mark.parametrize('size, sigma', [(36, 4.0), (10, 1.5), (5, 3.0)])
+def test_gaussian_matrix_matches_scipy(size, sigma):
+  from scipy import ndimage
+  x = np.random.default_rng(1).normal(size=size)
+  expected = ndimage.gaussian_filter1d(x, sigma, mode='constant', truncate=3.0)
+  np.testing.assert_allclose(augment.gaussian_matrix(size, sigma) @ x, expected, atol=1e-5)
+
+
+def test_elastic_displacements_are_smoothed_noise_scaled_by_alpha():
+  from scipy import ndimage
+  key = jax.random.key(5)
+  fields = np.asarray(augment.elastic_displacements(key, 3, 12, 9, alpha=6.0, sigma=2.0))
+  noise = np.asarray(jax.random.uniform(key, (3, 12, 9, 2), minval=-1.0, maxval=1.0))
+  expected = 6.0 * ndimage.gaussian_filter(noise, sigma=(0, 2.0, 2.0, 0), mode='constant',
+                                           truncate=3.0)
+  np.testing.assert_allclose(fields, expected, atol=1e-5)
+  assert fields.shape == (3, 12, 9, 2) and np.abs(fields).max() > 0.5
+
+
+def test_displacement_field_moves_the_sampled_position():
+  image = jnp.asarray(np.random.default_rng(2).uniform(size=(1, 6, 7, 1)), jnp.float32)
+  one_down = jnp.zeros((1, 6, 7, 2)).at[..., 0].set(1.0)
+  out = augment.affine_warp(image, jnp.zeros((1,)), jnp.ones((1,)), displacements=one_down)
+  # output(r, c) = input(r + 1, c): the image moves up one row, background below.
+  np.testing.assert_allclose(out[0, :-1], image[0, 1:], atol=1e-6)
+  np.testing.assert_array_equal(out[0, -1], 0.0)
+
+
+def test_elastic_distortion_in_random_augment_is_the_drawn_field_composed_with_the_affine():
+  images = _blob_images(8)
+  key = jax.random.key(7)
+  aug = augment.Augmentation(10.0, 0.1, 0.05, elastic_alpha=8.0, elastic_sigma=3.0)
+  out = augment.random_augment(key, images, aug)
+  # The same draws by hand: rotation and zoom from split(key), shift from fold_in(key, 1),
+  # the field from fold_in(key, 3).
+  angle_key, zoom_key = jax.random.split(key)
+  angles = jax.random.uniform(angle_key, (8,), minval=-math.radians(10.0),
+                              maxval=math.radians(10.0))
+  scales = jax.random.uniform(zoom_key, (8,), minval=0.9, maxval=1.1)
+  limit = 0.05 * jnp.array([28.0, 28.0])
+  shifts = jax.random.uniform(jax.random.fold_in(key, 1), (8, 2), minval=-limit, maxval=limit)
+  fields = augment.elastic_displacements(jax.random.fold_in(key, 3), 8, 28, 28, 8.0, 3.0)
+  expected = augment.affine_warp(images, angles, scales, shifts, fields)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+  plain = augment.random_augment(key, images, augment.Augmentation(10.0, 0.1, 0.05))
+  assert float(jnp.abs(out - plain).max()) > 0.1  # the distortion changes the images
+  np.testing.assert_allclose(plain, augment.affine_warp(images, angles, scales, shifts),
+                             atol=1e-6)  # and without it the draws are the same
+
+
+def test_from_config_reads_elastic_distortion():
+  from charjax.configs import recipe
+  config = recipe.get_config()
+  assert augment.from_config(config).elastic_alpha == 0.0  # off in the recipe
+  config.augment_elastic_alpha, config.augment_elastic_sigma = 6.0, 3.0
+  aug = augment.from_config(config)
+  assert (aug.elastic_alpha, aug.elastic_sigma) == (6.0, 3.0)

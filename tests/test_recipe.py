@@ -39,6 +39,7 @@ def recipe_config(data_dir, tfds_dir):
   config.augment = True
   config.augment_translate = 0.1
   config.augment_erase = 0.5
+  config.augment_elastic_alpha = 8.0
   return config
 
 

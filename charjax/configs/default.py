@@ -61,6 +61,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.augment_zoom = 0.2               # scale drawn in [1 - z, 1 + z] per image
   config.augment_translate = 0.0          # shift drawn in [-t, t] x image size, per axis
   config.augment_erase = 0.0              # probability of erasing a rectangle per image
+  config.augment_elastic_alpha = 0.0      # elastic distortion's size in pixels (0: off)
+  config.augment_elastic_sigma = 4.0      # and its smoothness (Gaussian sigma, pixels)
   # Training targets (1 - e) * one_hot + e / classes; 0 = the study's plain cross-entropy.
   config.label_smoothing = 0.0
   return configs.with_variant(config, variant)

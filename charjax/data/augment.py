@@ -1,4 +1,5 @@
-"""On-device data augmentation: random rotation, zoom, shift and erasing, drawn per image.
+"""On-device data augmentation: random rotation, zoom, shift, elastic distortion and erasing,
+drawn per image.
 
 Each image is rotated by an angle drawn uniformly in [-max_rotation_degrees,
 +max_rotation_degrees], scaled about its centre by a factor drawn uniformly in
@@ -6,6 +7,11 @@ Each image is rotated by an angle drawn uniformly in [-max_rotation_degrees,
 and width drawn uniformly in [-max_translate, max_translate] per axis (experiment 3 uses
 rotation and zoom, as the study did), with bilinear interpolation; pixels that
 come from outside the image are 0 (background: inputs have bright ink on a dark ground).
+With `elastic_alpha`, each image is also distorted elastically (Simard, Steinkraus and
+Platt, 2003): every output pixel samples the input `alpha` times a smooth random
+displacement away, the displacement field being uniform noise in [-1, 1] per pixel and axis
+smoothed by a Gaussian of `elastic_sigma` pixels; strokes bend and thicken locally the way
+one writer's hand differs from another's, which no affine transform does.
 With `erase_probability`, each transformed image then has, with that probability, one
 rectangle set to the background (random erasing, or cutout): a random part of the character
 is missing, as when a stroke is faint or the scan is cut.
@@ -33,38 +39,70 @@ class Augmentation:
   # ratio (log-uniform in [1 / r, r]).
   erase_area: tuple[float, float] = (0.02, 0.2)
   erase_max_aspect: float = 2.0
+  # Elastic distortion: displacement scale in pixels (0: off) and smoothness in pixels.
+  elastic_alpha: float = 0.0
+  elastic_sigma: float = 4.0
 
 
 def affine_warp(images: jax.Array, angles: jax.Array, scales: jax.Array,
-                shifts: jax.Array | None = None) -> jax.Array:
+                shifts: jax.Array | None = None,
+                displacements: jax.Array | None = None) -> jax.Array:
   """Rotates image i by `angles[i]` radians (counter-clockwise as displayed) and scales it
   by `scales[i]` about its centre, then moves it by `shifts[i]` = (rows, columns) pixels
   (down and right for positive values; none if `shifts` is None).
 
   images: (N, H, W, C) float. Each output pixel samples the input at the inversely
-  transformed position (bilinear, zero outside).
+  transformed position (bilinear, zero outside). `displacements` (N, H, W, 2), if given,
+  moves each output pixel's position by (rows, columns) pixels before that inverse
+  transform: output(x) = input(A^-1(x + d(x))), an elastic distortion composed with the
+  affine one.
   """
+  n, h, w, _ = images.shape
   if shifts is None:
-    shifts = jnp.zeros((images.shape[0], 2), jnp.float32)
-  _, h, w, _ = images.shape
+    shifts = jnp.zeros((n, 2), jnp.float32)
+  if displacements is None:
+    displacements = jnp.zeros((n, h, w, 2), jnp.float32)
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
                             jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing='ij')
 
-  def warp_one(image, angle, scale, shift):
+  def warp_one(image, angle, scale, shift, displacement):
     cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
-    r, c = rows - shift[0], cols - shift[1]
+    r = rows + displacement[..., 0] - shift[0]
+    c = cols + displacement[..., 1] - shift[1]
     src_r = cos * r + sin * c + (h - 1) / 2
     src_c = -sin * r + cos * c + (w - 1) / 2
     sample = lambda channel: jax.scipy.ndimage.map_coordinates(
         channel, [src_r, src_c], order=1, mode='constant', cval=0.0)
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
 
-  return jax.vmap(warp_one)(images, angles, scales, shifts)
+  return jax.vmap(warp_one)(images, angles, scales, shifts, displacements)
+
+
+def gaussian_matrix(size: int, sigma: float, truncate: float = 3.0) -> jax.Array:
+  """(size, size) matrix M with M @ x = x smoothed by a normalised Gaussian of `sigma`
+  samples, cut at `truncate` sigmas, zero beyond the ends (as
+  `scipy.ndimage.gaussian_filter(..., mode='constant')`)."""
+  radius = int(truncate * sigma + 0.5)
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+  weights = weights / weights.sum()
+  distance = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]
+  inside = jnp.abs(distance) <= radius
+  return jnp.where(inside, weights[jnp.clip(distance + radius, 0, 2 * radius)], 0.0)
+
+
+def elastic_displacements(rng: jax.Array, n: int, height: int, width: int, alpha: float,
+                          sigma: float) -> jax.Array:
+  """(n, height, width, 2) displacement fields in pixels: uniform noise in [-1, 1] per
+  pixel and axis, smoothed by a Gaussian of `sigma` pixels along both axes, times `alpha`."""
+  noise = jax.random.uniform(rng, (n, height, width, 2), minval=-1.0, maxval=1.0)
+  smooth_rows, smooth_cols = gaussian_matrix(height, sigma), gaussian_matrix(width, sigma)
+  return alpha * jnp.einsum('ij,njkc,lk->nilc', smooth_rows, noise, smooth_cols)
 
 
 def random_augment(rng: jax.Array, images: jax.Array, aug: Augmentation) -> jax.Array:
-  """`images` with a rotation, a zoom and (if `aug.max_translate`) a shift drawn
-  independently for each image from `rng`."""
+  """`images` with a rotation, a zoom and (if set in `aug`) a shift, an elastic distortion
+  and an erased rectangle, drawn independently for each image from `rng`."""
   n = images.shape[0]
   angle_rng, zoom_rng = jax.random.split(rng)
   max_angle = math.radians(aug.max_rotation_degrees)
@@ -75,7 +113,11 @@ def random_augment(rng: jax.Array, images: jax.Array, aug: Augmentation) -> jax.
     limit = aug.max_translate * jnp.array(images.shape[1:3], jnp.float32)
     shifts = jax.random.uniform(jax.random.fold_in(rng, 1), (n, 2), minval=-limit,
                                 maxval=limit)
-  images = affine_warp(images, angles, scales, shifts)
+  displacements = None
+  if aug.elastic_alpha:  # its own key too
+    displacements = elastic_displacements(jax.random.fold_in(rng, 3), n, *images.shape[1:3],
+                                          aug.elastic_alpha, aug.elastic_sigma)
+  images = affine_warp(images, angles, scales, shifts, displacements)
   if aug.erase_probability:  # its own key, like the shifts
     images = random_erase(jax.random.fold_in(rng, 2), images, aug.erase_probability,
                           aug.erase_area, aug.erase_max_aspect)
@@ -123,4 +165,6 @@ def from_config(config) -> Augmentation | None:
   return Augmentation(max_rotation_degrees=float(config.augment_rotation_degrees),
                       max_zoom=float(config.augment_zoom),
                       max_translate=float(config.get('augment_translate', 0.0)),
-                      erase_probability=float(config.get('augment_erase', 0.0)))
+                      erase_probability=float(config.get('augment_erase', 0.0)),
+                      elastic_alpha=float(config.get('augment_elastic_alpha', 0.0)),
+                      elastic_sigma=float(config.get('augment_elastic_sigma', 4.0)))
