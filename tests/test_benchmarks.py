@@ -248,16 +248,3 @@ def test_end_to_end_benchmark_on_generated_data(prepared_dirs, tmp_path):
   assert set(result['median_images_per_s']) == {'charjax', *peers}
   assert out.with_suffix('.md').read_text().startswith('| framework |')
 
-
-@pytest.mark.parametrize('field, value', [('augment_translate', 0.05), ('augment_erase', 0.5),
-                                          ('augment_elastic_alpha', 8.0)])
-def test_end_to_end_refuses_augmentation_the_peers_lack(field, value):
-  from benchmarks import end_to_end
-  from charjax.configs import recipe
-  config = recipe.get_config()
-  config.augment_translate = 0.0
-  assert end_to_end._peer_augmentation(config) == {'max_rotation_degrees': 10.0,
-                                                   'max_zoom': 0.1}
-  config[field] = value
-  with pytest.raises(SystemExit, match='rotation and zoom only'):
-    end_to_end._peer_augmentation(config)
