@@ -247,4 +247,3 @@ def test_end_to_end_benchmark_on_generated_data(prepared_dirs, tmp_path):
     assert set(r['runs']) == {'charjax', *peers}
   assert set(result['median_images_per_s']) == {'charjax', *peers}
   assert out.with_suffix('.md').read_text().startswith('| framework |')
-

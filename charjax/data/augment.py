@@ -58,24 +58,23 @@ def affine_warp(images: jax.Array, angles: jax.Array, scales: jax.Array,
   affine one.
   """
   n, h, w, _ = images.shape
-  if shifts is None:
-    shifts = jnp.zeros((n, 2), jnp.float32)
-  if displacements is None:
-    displacements = jnp.zeros((n, h, w, 2), jnp.float32)
+  # Each output pixel's move before the inverse transform, (N, 1, 1, 2) or (N, H, W, 2).
+  moves = jnp.zeros((n, 1, 1, 2), jnp.float32) if shifts is None else -shifts[:, None, None]
+  if displacements is not None:
+    moves = moves + displacements
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
                             jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing='ij')
 
-  def warp_one(image, angle, scale, shift, displacement):
+  def warp_one(image, angle, scale, move):
     cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
-    r = rows + displacement[..., 0] - shift[0]
-    c = cols + displacement[..., 1] - shift[1]
+    r, c = rows + move[..., 0], cols + move[..., 1]
     src_r = cos * r + sin * c + (h - 1) / 2
     src_c = -sin * r + cos * c + (w - 1) / 2
     sample = lambda channel: jax.scipy.ndimage.map_coordinates(
         channel, [src_r, src_c], order=1, mode='constant', cval=0.0)
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
 
-  return jax.vmap(warp_one)(images, angles, scales, shifts, displacements)
+  return jax.vmap(warp_one)(images, angles, scales, moves)
 
 
 def gaussian_matrix(size: int, sigma: float, truncate: float = 3.0) -> jax.Array:
@@ -83,12 +82,10 @@ def gaussian_matrix(size: int, sigma: float, truncate: float = 3.0) -> jax.Array
   samples, cut at `truncate` sigmas, zero beyond the ends (as
   `scipy.ndimage.gaussian_filter(..., mode='constant')`)."""
   radius = int(truncate * sigma + 0.5)
-  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  weights = jnp.exp(-0.5 * (offsets / sigma) ** 2)
-  weights = weights / weights.sum()
-  distance = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]
-  inside = jnp.abs(distance) <= radius
-  return jnp.where(inside, weights[jnp.clip(distance + radius, 0, 2 * radius)], 0.0)
+  gaussian = lambda d: jnp.exp(-0.5 * (d / sigma) ** 2)
+  total = gaussian(jnp.arange(-radius, radius + 1, dtype=jnp.float32)).sum()
+  distance = jnp.arange(size, dtype=jnp.float32)[:, None] - jnp.arange(size)[None, :]
+  return jnp.where(jnp.abs(distance) <= radius, gaussian(distance) / total, 0.0)
 
 
 def elastic_displacements(rng: jax.Array, n: int, height: int, width: int, alpha: float,
