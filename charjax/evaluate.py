@@ -27,8 +27,10 @@ Several runs score as an ensemble, their class probabilities averaged: `--workdi
 more than once, or a folder of `charjax.seeds` (every `seed_<k>/` in it). The runs must have
 the same classes and, for the run's own splits, the same split; the report also holds each
 member's accuracy. Like TTA, an ensemble is chosen on `validation`. The report
-(`--out`, default `<workdir>/evaluations/<data>.json`) holds the accuracy, per-class accuracy, confusion matrix (rows: true class, in the run's
-class order), the class mapping used and what was read.
+(`--out`, default `<workdir>/evaluations/<data>.json`) holds the accuracy, per-class
+accuracy, confusion matrix (rows: true class, in the run's class order), every image scored
+wrong (file name, true and predicted class, their scores), the class mapping used and what
+was read.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
 from charjax import predict
+from charjax import progress
 from charjax import rundir
 from charjax import runs
 from charjax.data import archives
@@ -139,7 +142,8 @@ def _class_key(name: str) -> tuple[str, str]:
 
 
 def read_folder(path: pathlib.Path, run_classes: list[str], *, skip_unknown: bool):
-  """(grey images, labels in the run's order, mapping, skipped counts) of `<class>/<image>`."""
+  """(grey images, labels in the run's order, their file names, mapping, skipped counts) of
+  `<class>/<image>`."""
   aliases = class_aliases(run_classes)
   index = {name: i for i, name in enumerate(run_classes)}
   names = [n for n in archives.list_files(path) if n.lower().endswith(sources.IMAGE_SUFFIXES)]
@@ -158,12 +162,13 @@ def read_folder(path: pathlib.Path, run_classes: list[str], *, skip_unknown: boo
     label_of[name] = index[target]
     mapping[key] = target
   _check_unknown(unknown, run_classes, skip_unknown)
-  images, labels = [], []
+  images, labels, read = [], [], []
   for name, data in archives.iter_files(path, set(label_of)):
     grey = sources.decode_grayscale(name, data)[..., 0].astype(np.float32)
     images.append(grey)
     labels.append(label_of[name])
-  return images, np.array(labels, np.int32), mapping, dict(unknown)
+    read.append(name)
+  return images, np.array(labels, np.int32), read, mapping, dict(unknown)
 
 
 def _check_unknown(unknown: collections.Counter, run_classes: list[str], skip: bool) -> None:
@@ -177,7 +182,7 @@ def _check_unknown(unknown: collections.Counter, run_classes: list[str], skip: b
 
 
 def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknown: bool):
-  """(model inputs, labels, mapping, skipped) of `<dataset>:[<subset>/]<split>`."""
+  """(model inputs, labels, file names, mapping, skipped) of `<dataset>:[<subset>/]<split>`."""
   dataset, _, rest = spec.partition(':')
   subset, _, split = rest.rpartition('/')
   subset = subset or 'all'
@@ -196,7 +201,7 @@ def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknow
   inputs = preprocess.to_model_input(images, ink_is_dark=dataset_spec.ink_is_dark,
                                      image_size=config.image_size)
   labels = np.array([index[examples.class_names[l]] for l in examples.labels[keep]], np.int32)
-  return inputs, labels, mapping, dict(unknown)
+  return inputs, labels, list(examples.file_names[keep]), mapping, dict(unknown)
 
 
 def shifted(inputs: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -256,12 +261,13 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
     if svc:
       raise EvaluationError('An SVC scores its own subset\'s splits with charjax.study; give it '
                             'a dataset split or a folder.')
-    _, arrays = input_pipeline.load_splits(config)
+    examples, arrays = input_pipeline.load_splits(config)
     inputs, labels = arrays.images[data], arrays.labels[data]
+    names = list(examples.file_names[arrays.indices[data]])
     mapping, skipped = {n: n for n in run_classes}, {}
     source.update(kind='run split', test_protocol=arrays.test_protocol)
   elif ':' in data and not pathlib.Path(data).exists():
-    inputs, labels, mapping, skipped = read_dataset_split(data, config, run_classes,
+    inputs, labels, names, mapping, skipped = read_dataset_split(data, config, run_classes,
                                                           skip_unknown=skip_unknown)
     source.update(kind='dataset split', preprocessing='training (the dataset\'s ink polarity)')
   else:
@@ -269,7 +275,7 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
     if not path.exists():
       raise EvaluationError(f'{data} is neither a split ({", ".join(RUN_SPLITS)}, '
                             '<dataset>:<split>) nor an existing folder or archive.')
-    greys, labels, mapping, skipped = read_folder(path, run_classes, skip_unknown=skip_unknown)
+    greys, labels, names, mapping, skipped = read_folder(path, run_classes, skip_unknown=skip_unknown)
     if not len(labels):
       raise EvaluationError(f'{data} holds no images of the run\'s classes.')
     inputs = np.stack([predict.to_input(g, config.image_size) for g in greys])
@@ -295,7 +301,21 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
       'images_per_class': {n: int(counts[i]) for i, n in enumerate(run_classes) if counts[i]},
       'class_names': run_classes, 'confusion_matrix': confusion.tolist(),
       'class_mapping': mapping, 'skipped_unknown_classes': skipped,
+      'misclassified': misclassified(names, labels, scores, run_classes),
   }
+
+
+def misclassified(names: list[str], labels: np.ndarray, scores: np.ndarray,
+                  class_names: list[str]) -> list[dict]:
+  """Every image scored wrong, in the order read: its file name, true and predicted class
+  and the scores of both (probabilities for a network or an ensemble; for an SVC, the
+  share of one-vs-one votes), so the errors can be looked at one by one."""
+  predictions = np.argmax(scores, axis=-1)
+  return [{'image': str(names[i]), 'label': class_names[labels[i]],
+           'predicted': class_names[predictions[i]],
+           'predicted_score': float(scores[i, predictions[i]]),
+           'label_score': float(scores[i, labels[i]])}
+          for i in np.flatnonzero(predictions != labels)]
 
 
 def _default_out(workdir: str, data: str) -> pathlib.Path:
@@ -305,6 +325,7 @@ def _default_out(workdir: str, data: str) -> pathlib.Path:
 
 
 def main(argv):
+  progress.plain_logs()  # no Orbax or TFDS INFO lines around the answer
   if len(argv) != 2:
     raise app.UsageError('Give one DATA: a split (test), <dataset>:<split>, or a folder.')
   if not (flags.FLAGS.workdir or flags.FLAGS.svc):
@@ -331,8 +352,8 @@ def main(argv):
   skipped = sum(report['skipped_unknown_classes'].values())
   members = (f' (ensemble of {len(report["ensemble"])} runs; each: ' + ', '.join(
       f'{100 * a:.2f}' for a in report['member_accuracies']) + ')') if 'ensemble' in report else ''
-  print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images'
-        f'{members}{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
+  print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images, '
+        f'{len(report["misclassified"])} wrong{members}{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
         f'report in {out}')
 
 

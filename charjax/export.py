@@ -38,6 +38,7 @@ import numpy as np
 from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
+from charjax import progress
 from charjax import runs
 from charjax import train
 
@@ -108,6 +109,7 @@ def _write_sidecar(out, fmt: str, workdir, config, names, **extra) -> dict:
 
 
 def main(argv):
+  progress.plain_logs()  # no Orbax or TFDS INFO lines around the answer
   del argv
   fmt, out = flags.FLAGS.format, flags.FLAGS.out
   if fmt not in FORMATS:

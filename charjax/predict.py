@@ -36,6 +36,7 @@ from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
 from charjax.data import preprocess
+from charjax import progress
 from charjax import runs
 from charjax.study import specialise
 from charjax.study import svc as svc_lib
@@ -209,6 +210,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def main(argv):
+  progress.plain_logs()  # no Orbax or TFDS INFO lines around the answer
   paths = argv[1:]
   if not paths:
     raise app.UsageError('Name at least one image file or folder.')

@@ -104,3 +104,18 @@ def test_packaged_configs_are_found_by_name_from_any_directory(tmp_path, monkeyp
   (tmp_path / 'mine.py').write_text('')
   assert cli.resolve_config_names(['t', '--config', 'mine.py'])[2] == 'mine.py'
   assert cli.resolve_config_names(['t', '--config', 'nope'])[2] == 'nope'  # reported later
+
+
+def test_commands_keep_library_chatter_out_but_not_real_warnings():
+  import logging
+  from charjax import progress
+
+  def record(path, level, msg):
+    return logging.LogRecord('absl', level, path, 1, msg, None, None)
+
+  orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not progress.quiet_library_logs(record(orbax, logging.INFO, 'Found 2 checkpoint steps'))
+  assert not progress.quiet_library_logs(
+      record(orbax, logging.WARNING, 'Given directory is read only=/runs/x/checkpoints'))
+  assert progress.quiet_library_logs(record(orbax, logging.WARNING, 'Checkpoint is corrupt'))
+  assert progress.quiet_library_logs(record('/charjax/train.py', logging.INFO, 'epoch 1'))

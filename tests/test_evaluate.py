@@ -21,6 +21,29 @@ def test_the_runs_own_test_split_gives_its_results(reference_run):
   assert report['accuracy'] == pytest.approx(results['test_accuracy'])
   assert report['confusion_matrix'] == results['confusion_matrix']
   assert report['test_protocol'] == 'carved'
+  # Every error listed once, by the file name splits.json records for the test split, and
+  # the list agrees with the confusion matrix's off-diagonal counts.
+  wrong = report['misclassified']
+  confusion = np.array(report['confusion_matrix'])
+  assert len(wrong) == confusion.sum() - np.trace(confusion) > 0
+  test_files = json.loads((workdir / 'splits.json').read_text())['test']
+  assert len({w['image'] for w in wrong}) == len(wrong)
+  assert {w['image'] for w in wrong} <= set(test_files)
+  names = report['class_names']
+  for w in wrong:
+    assert w['label'] != w['predicted'] and w['predicted_score'] >= w['label_score']
+    assert confusion[names.index(w['label']), names.index(w['predicted'])] > 0
+
+
+def test_misclassified_lists_each_wrong_image_with_both_scores():
+  scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.0, 0.1, 0.9]])
+  wrong = evaluate.misclassified(['a.png', 'b.png', 'c.png', 'd.png'], np.array([0, 1, 1, 0]),
+                                 scores, ['x', 'y', 'z'])
+  assert wrong == [
+      {'image': 'b.png', 'label': 'y', 'predicted': 'z', 'predicted_score': pytest.approx(0.6),
+       'label_score': pytest.approx(0.3)},
+      {'image': 'd.png', 'label': 'x', 'predicted': 'z', 'predicted_score': pytest.approx(0.9),
+       'label_score': pytest.approx(0.0)}]
 
 
 def test_an_archive_is_read_by_its_class_folders_and_matches_the_dataset_split(reference_run,
@@ -54,6 +77,10 @@ def test_folders_named_by_glyph_or_latin_label_and_unknown_ones_named(reference_
   assert report['images'] == 6
   assert report['images_per_class'] == {'3 (३)': 2, '5 (५)': 2, '7 (७)': 2}
   assert report['class_mapping'] == {'३': '3 (३)', '5': '5 (५)', '7 (७)': '7 (७)'}
+  correct = sum(report['confusion_matrix'][i][i] for i in range(10))
+  assert len(report['misclassified']) == 6 - correct
+  files = {f'{folder}/{i}.png' for folder in ('३', '5', '7 (७)') for i in range(2)}
+  assert {w['image'] for w in report['misclassified']} <= files
   (tmp_path / 'mine' / 'ka').mkdir()
   (tmp_path / 'mine' / 'ka' / '0.png').write_bytes(
       conftest.encode(conftest.character_image(1, 28, rng, dark_ink=True), 'PNG'))
@@ -68,7 +95,8 @@ def test_command_writes_the_report_and_refuses_unknown_data(reference_run, tmp_p
   proc = subprocess.run([sys.executable, '-m', 'charjax.evaluate', f'--workdir={workdir}',
                          'validation', f'--out={out}'], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert 'validation: accuracy' in proc.stdout
+  assert 'validation: accuracy' in proc.stdout and ' wrong' in proc.stdout
+  assert 'checkpoint_manager' not in proc.stderr and 'read only' not in proc.stderr
   report = json.loads(out.read_text())
   assert report['images'] == len(json.loads((workdir / 'splits.json').read_text())['validation'])
   proc = subprocess.run([sys.executable, '-m', 'charjax.evaluate', f'--workdir={workdir}',

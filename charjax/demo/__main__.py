@@ -20,10 +20,12 @@ from charjax import checkpointing
 from charjax import cli
 from charjax import configuration
 from charjax import predict
+from charjax import progress
 from charjax import runs
 
 
 def main(argv):
+  progress.plain_logs()  # no Orbax or TFDS INFO lines around the answer
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not (flags.FLAGS.workdir or flags.FLAGS.svc):
