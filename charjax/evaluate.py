@@ -267,15 +267,16 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
     mapping, skipped = {n: n for n in run_classes}, {}
     source.update(kind='run split', test_protocol=arrays.test_protocol)
   elif ':' in data and not pathlib.Path(data).exists():
-    inputs, labels, names, mapping, skipped = read_dataset_split(data, config, run_classes,
-                                                          skip_unknown=skip_unknown)
+    inputs, labels, names, mapping, skipped = read_dataset_split(
+        data, config, run_classes, skip_unknown=skip_unknown)
     source.update(kind='dataset split', preprocessing='training (the dataset\'s ink polarity)')
   else:
     path = pathlib.Path(data)
     if not path.exists():
       raise EvaluationError(f'{data} is neither a split ({", ".join(RUN_SPLITS)}, '
                             '<dataset>:<split>) nor an existing folder or archive.')
-    greys, labels, names, mapping, skipped = read_folder(path, run_classes, skip_unknown=skip_unknown)
+    greys, labels, names, mapping, skipped = read_folder(path, run_classes,
+                                                         skip_unknown=skip_unknown)
     if not len(labels):
       raise EvaluationError(f'{data} holds no images of the run\'s classes.')
     inputs = np.stack([predict.to_input(g, config.image_size) for g in greys])
