@@ -354,7 +354,8 @@ def main(argv):
   members = (f' (ensemble of {len(report["ensemble"])} runs; each: ' + ', '.join(
       f'{100 * a:.2f}' for a in report['member_accuracies']) + ')') if 'ensemble' in report else ''
   print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images, '
-        f'{len(report["misclassified"])} wrong{members}{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
+        f'{len(report["misclassified"])} wrong{members}'
+        f'{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
         f'report in {out}')
 
 
