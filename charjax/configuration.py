@@ -21,6 +21,7 @@ from charjax.nn import models
 FIELDS = {
     'dataset': str, 'subset': str, 'data_dir': str, 'tfds_dir': str, 'image_size': int,
     'split': str, 'test_split': str, 'test_fraction': float, 'val_fraction': float, 'split_seed': int,
+    'train_on_validation': bool,
     'model': dict, 'optimizer': dict, 'conv_impl': str, 'dtype': str,
     'batch_size': int, 'eval_batch_size': int, 'num_epochs': int, 'seed': int,
     'checkpoint_every_epochs': int, 'num_devices': int, 'init_from': str,
@@ -37,7 +38,7 @@ ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom
                # had (data.json refuses a resume on data with an official test split).
                'test_split': 'auto', 'init_from': '', 'augment_translate': 0.0,
                'label_smoothing': 0.0, 'augment_erase': 0.0, 'augment_elastic_alpha': 0.0,
-               'augment_elastic_sigma': 4.0}
+               'augment_elastic_sigma': 4.0, 'train_on_validation': False}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.

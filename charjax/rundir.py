@@ -264,10 +264,12 @@ class MetricsLog:
 
   Lines past `resumed_from` (epochs run after the last checkpoint, or a line cut by a
   kill) are dropped. `best_epoch` and `best_val_loss` follow the study's rule: a strictly
-  lower validation loss makes a new best.
+  lower validation loss makes a new best. With `keep_last` (a run trained on its validation
+  split too, which then selects nothing) every epoch is the new best: the last one is kept.
   """
 
-  def __init__(self, workdir: pathlib.Path, resumed_from: int):
+  def __init__(self, workdir: pathlib.Path, resumed_from: int, *, keep_last: bool = False):
+    self.keep_last = keep_last
     self.records = read_metrics(workdir / 'metrics.jsonl', resumed_from)
     best = [r for r in self.records if r['best']]
     self.best_val_loss = best[-1]['val_loss'] if best else float('inf')
@@ -279,7 +281,7 @@ class MetricsLog:
     self._file.flush()
 
   def improves(self, val_loss: float) -> bool:
-    return val_loss < self.best_val_loss
+    return self.keep_last or val_loss < self.best_val_loss
 
   def append(self, record: dict) -> None:
     if record['best']:
@@ -376,6 +378,8 @@ def results(config, log: MetricsLog, test: dict, predictions: np.ndarray, data, 
       'dataset': config.dataset, 'subset': config.subset, 'model': config.model.name,
       'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
       'best_epoch': log.best_epoch, 'best_val_loss': log.best_val_loss,
+      'model_selection': ('the last epoch (validation trained on)' if log.keep_last
+                          else 'the epoch of lowest validation loss'),
       'epochs_run': config.num_epochs,
       'split_sizes': {name: int(len(y)) for name, y in data.labels.items()},
       'test_protocol': data.test_protocol, 'test_protocol_detail': data.test_protocol_detail,

@@ -148,7 +148,8 @@ def train_together(configs: list, dirs: list[pathlib.Path]) -> list[dict]:
     if done:
       states = [checkpointing.restore(m, s, done) for m, s in zip(managers, states)]
     states = sharding.put_replicated(mesh, _stack(states))
-    logs = [stack.enter_context(rundir.MetricsLog(d, done)) for d in dirs]
+    logs = [stack.enter_context(
+        rundir.MetricsLog(d, done, keep_last=config.train_on_validation)) for d in dirs]
 
     epoch_fn = jax.jit(jax.vmap(lambda s, r, e: train.train_epoch(
         s, images['train'], labels['train'], r, e, batch_size=batch_size, unroll=unroll,

@@ -300,7 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if done:
         state = checkpointing.restore(checkpoints, state, done)
         logging.info('Resuming %s from its checkpoint of epoch %d.', workdir, done)
-      with rundir.MetricsLog(workdir, done) as log, rundir.StopSignals(workdir) as stop, \
+      keep_last = config.train_on_validation  # validation is trained on: it selects nothing
+      with rundir.MetricsLog(workdir, done, keep_last=keep_last) as log, \
+           rundir.StopSignals(workdir) as stop, \
            progress_lib.Summaries(workdir, done, enabled=distributed.is_writer()) as events:
         for epoch in range(done + 1, config.num_epochs + 1):
           tick = time.perf_counter()

@@ -68,3 +68,14 @@ def test_seeds_trained_together_match_seeds_trained_apart(prepared_dirs, tmp_pat
     alone = json.loads((tmp_path / 'apart' / f'seed_{k}' / 'results.json').read_text())
     assert results['test_loss'] == pytest.approx(alone['test_loss'], rel=1e-4)
     assert results['best_epoch'] == alone['best_epoch']
+
+
+def test_seeds_together_on_train_and_validation_keep_their_last_epoch(prepared_dirs, tmp_path):
+  config = tiny_config(*prepared_dirs)
+  config.num_epochs, config.train_on_validation = 2, True
+  seeds.train_seeds(config, str(tmp_path), num_seeds=2, together=True)
+  for k in (0, 1):
+    results = json.loads((tmp_path / f'seed_{k}' / 'results.json').read_text())
+    assert results['best_epoch'] == 2 and results['model_selection'].startswith('the last')
+    sizes = results['split_sizes']
+    assert sizes['train'] == 120 - sizes['test']  # validation trained on as well

@@ -229,3 +229,27 @@ def test_recipe_cnn_variant_trains_the_study_network_with_the_recipe():
   configuration.validate(cnn)
   assert cnn.model.name == 'SubsetCNN' and config.model.name == 'ResNet'
   assert dict(cnn.optimizer) == dict(config.optimizer) and cnn.augment_translate > 0
+
+
+def test_train_on_validation_trains_on_both_splits_and_keeps_the_last_epoch(
+    prepared_dirs, tmp_path):
+  config = tiny_config(*prepared_dirs)
+  config.train_on_validation = True
+  results = train.train_and_evaluate(config, str(tmp_path))
+  examples, held_out = input_pipeline.load_splits(tiny_config(*prepared_dirs))
+  names = lambda split: examples.file_names[held_out.indices[split]].tolist()
+  saved = json.loads((tmp_path / 'splits.json').read_text())
+  # Training holds the plain run's training and validation images; test is unchanged.
+  assert sorted(saved['train']) == sorted(names('train') + names('validation'))
+  assert saved['test'] == names('test')
+  assert set(saved['validation']) <= set(saved['train'])
+  assert not set(saved['test']) & set(saved['train'])
+  assert results['split_sizes']['train'] == (len(held_out.labels['train'])
+                                             + len(held_out.labels['validation']))
+  assert results['split_sizes']['test'] == len(held_out.labels['test'])
+  lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all(l['best'] for l in lines) and results['best_epoch'] == config.num_epochs
+  assert results['model_selection'].startswith('the last epoch')
+  assert 'train_on_validation' in results['test_protocol_detail']
+  mngr = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
+  assert mngr.all_steps() == [config.num_epochs]

@@ -30,6 +30,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.test_fraction = 0.15
   config.val_fraction = 0.176
   config.split_seed = 1
+  # True: train on the training and validation splits together and keep the last epoch
+  # (once the epochs are chosen on validation); validation then selects nothing.
+  config.train_on_validation = False
   # Model: `name` in charjax.nn.models (or a module path); the other fields go to the module.
   config.model = ml_collections.ConfigDict(dict(
       name='SubsetCNN', conv_features=(32, 64), dense_features=256, conv_dropout=0.25,

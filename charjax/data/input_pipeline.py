@@ -227,7 +227,8 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
   """Loads `config.dataset`/`config.subset`, splits it and preprocesses every split.
 
   The test split follows `config.test_split` (see `TEST_SPLITS`); the result says which
-  protocol was used (`SplitArrays.test_protocol`).
+  protocol was used (`SplitArrays.test_protocol`). With `config.train_on_validation` the
+  'train' split holds the validation images too (validation is still scored, not held out).
   """
   protocol = test_protocol(config)
   examples = load_examples(config.dataset, config.subset, data_dir=config.data_dir or None,
@@ -250,6 +251,8 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
     raise configuration.ConfigError(
         f'split={config.split!r} with test_fraction={config.test_fraction} and val_fraction='
         f'{config.val_fraction} leaves no images in {", ".join(empty)}.')
+  if config.train_on_validation:  # the validation images are trained on as well
+    indices = {**indices, 'train': np.concatenate([indices['train'], indices['validation']])}
   images = {
       name: preprocess.to_model_input([examples.images[i] for i in idx],
                                       ink_is_dark=registry.get(config.dataset).ink_is_dark,
@@ -268,5 +271,8 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
               'of the rest for validation)')
     if config.test_split == 'auto':
       detail += f'; the {config.dataset} data found have no official test split'
+  if config.train_on_validation:
+    detail += ('; trained on the training and validation splits together (train_on_validation)'
+               ', the last epoch kept')
   return examples, SplitArrays(images, labels, indices, examples.class_names,
                                test_protocol=protocol, test_protocol_detail=detail)
