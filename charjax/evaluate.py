@@ -265,7 +265,10 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
     inputs, labels = arrays.images[data], arrays.labels[data]
     names = list(examples.file_names[arrays.indices[data]])
     mapping, skipped = {n: n for n in run_classes}, {}
-    source.update(kind='run split', test_protocol=arrays.test_protocol)
+    # A run's training images, and its validation images when it trained on them too
+    # (`train_on_validation`), say nothing about how it reads new ones.
+    trained_on = data == 'train' or (data == 'validation' and config.train_on_validation)
+    source.update(kind='run split', test_protocol=arrays.test_protocol, trained_on=trained_on)
   elif ':' in data and not pathlib.Path(data).exists():
     inputs, labels, names, mapping, skipped = read_dataset_split(
         data, config, run_classes, skip_unknown=skip_unknown)
@@ -355,7 +358,8 @@ def main(argv):
       f'{100 * a:.2f}' for a in report['member_accuracies']) + ')') if 'ensemble' in report else ''
   print(f'{argv[1]}: accuracy {100 * report["accuracy"]:.2f}% on {report["images"]} images, '
         f'{len(report["misclassified"])} wrong{members}'
-        f'{f" ({skipped} of unknown classes left out)" if skipped else ""}; '
+        f'{f" ({skipped} of unknown classes left out)" if skipped else ""}'
+        f'{"; the run trained on these images" if report.get("trained_on") else ""}; '
         f'report in {out}')
 
 

@@ -21,6 +21,7 @@ def test_the_runs_own_test_split_gives_its_results(reference_run):
   assert report['accuracy'] == pytest.approx(results['test_accuracy'])
   assert report['confusion_matrix'] == results['confusion_matrix']
   assert report['test_protocol'] == 'carved'
+  assert report['trained_on'] is False
   # Every error listed once, by the file name splits.json records for the test split, and
   # the list agrees with the confusion matrix's off-diagonal counts.
   wrong = report['misclassified']

@@ -10,6 +10,7 @@ import pytest
 
 from charjax import checkpointing
 from charjax import configuration
+from charjax import evaluate
 from charjax.data import input_pipeline
 from charjax import runs
 from charjax import train
@@ -253,3 +254,5 @@ def test_train_on_validation_trains_on_both_splits_and_keeps_the_last_epoch(
   assert 'train_on_validation' in results['test_protocol_detail']
   mngr = checkpointing.manager(tmp_path / 'checkpoints', read_only=True)
   assert mngr.all_steps() == [config.num_epochs]
+  assert evaluate.evaluate(str(tmp_path), 'validation')['trained_on'] is True
+  assert evaluate.evaluate(str(tmp_path), 'test')['trained_on'] is False
