@@ -264,6 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        restart: bool = False, show_progress: bool | None = None) -> dict:
   """Trains `config`'s model, keeps the best-validation checkpoint, evaluates it on test.
 
+  With `config.train_on_validation` the validation images are trained on too and the last
+  epoch is kept instead (the schedule having been chosen on validation beforehand).
+
   A workdir holding an unfinished run of the same config resumes from its latest
   checkpoint and ends exactly as an uninterrupted run would (same seed, same machine);
   one holding a run of another config is refused unless `restart`. SIGTERM and Ctrl-C
