@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -256,3 +257,14 @@ def test_train_on_validation_trains_on_both_splits_and_keeps_the_last_epoch(
   assert mngr.all_steps() == [config.num_epochs]
   assert evaluate.evaluate(str(tmp_path), 'validation')['trained_on'] is True
   assert evaluate.evaluate(str(tmp_path), 'test')['trained_on'] is False
+
+
+def test_load_splits_reads_a_data_only_config(prepared_dirs):
+  """The study's report and users' own code pass only the data fields."""
+  full = tiny_config(*prepared_dirs)
+  fields = ('dataset', 'subset', 'data_dir', 'tfds_dir', 'image_size', 'split', 'test_split',
+            'test_fraction', 'val_fraction', 'split_seed')
+  _, data = input_pipeline.load_splits(ml_collections.ConfigDict({k: full[k] for k in fields}))
+  _, same = input_pipeline.load_splits(full)
+  assert {k: v.tolist() for k, v in data.indices.items()} == {
+      k: v.tolist() for k, v in same.indices.items()}

@@ -231,6 +231,8 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
   'train' split holds the validation images too (validation is still scored, not held out).
   """
   protocol = test_protocol(config)
+  # Data-only configs (the study's report, a user's own) may leave the field out.
+  train_on_validation = config.get('train_on_validation', False)
   examples = load_examples(config.dataset, config.subset, data_dir=config.data_dir or None,
                            tfds_dir=config.tfds_dir or None,
                            splits=('train', 'test') if protocol == 'official' else ('train',))
@@ -251,7 +253,7 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
     raise configuration.ConfigError(
         f'split={config.split!r} with test_fraction={config.test_fraction} and val_fraction='
         f'{config.val_fraction} leaves no images in {", ".join(empty)}.')
-  if config.train_on_validation:  # the validation images are trained on as well
+  if train_on_validation:  # the validation images are trained on as well
     indices = {**indices, 'train': np.concatenate([indices['train'], indices['validation']])}
   images = {
       name: preprocess.to_model_input([examples.images[i] for i in idx],
@@ -271,7 +273,7 @@ def load_splits(config) -> tuple[Examples, SplitArrays]:
               'of the rest for validation)')
     if config.test_split == 'auto':
       detail += f'; the {config.dataset} data found have no official test split'
-  if config.train_on_validation:
+  if train_on_validation:
     detail += ('; trained on the training and validation splits together (train_on_validation)'
                ', the last epoch kept')
   return examples, SplitArrays(images, labels, indices, examples.class_names,
