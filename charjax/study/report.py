@@ -248,7 +248,8 @@ def pca_figures(run_dir: pathlib.Path, components_out: pathlib.Path,
 
 
 _DATA_FIELDS = ('dataset', 'subset', 'data_dir', 'tfds_dir', 'image_size', 'split',
-                'test_split', 'test_fraction', 'val_fraction', 'split_seed')
+                'test_split', 'test_fraction', 'val_fraction', 'split_seed',
+                'train_on_validation')
 
 
 @functools.lru_cache(maxsize=2)
