@@ -304,6 +304,8 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
                              for i, n in enumerate(run_classes) if counts[i]},
       'images_per_class': {n: int(counts[i]) for i, n in enumerate(run_classes) if counts[i]},
       'class_names': run_classes, 'confusion_matrix': confusion.tolist(),
+      'per_subset_accuracy': rundir.subset_accuracy(confusion, run_classes,
+                                                    registry.get(config.dataset).subsets),
       'class_mapping': mapping, 'skipped_unknown_classes': skipped,
       'misclassified': misclassified(names, labels, scores, run_classes),
   }

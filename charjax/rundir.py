@@ -42,6 +42,7 @@ import numpy as np
 
 from charjax import checkpointing
 from charjax import configuration
+from charjax.data import registry
 from charjax.runtime import distributed
 
 LOCK_FILE = '.charjax.lock'
@@ -360,6 +361,24 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def subset_accuracy(confusion: np.ndarray, class_names: list[str],
+                    subsets: dict[str, list[str]]) -> dict[str, float]:
+  """Accuracy on the images of each named subset of the run's classes, the decision still
+  taken among all of them: how a network trained on NHCD's 58 classes does on its numerals,
+  vowels and consonants. Subsets not wholly among `class_names`, or equal to all of them,
+  are left out; so is a subset with no images."""
+  index = {name: i for i, name in enumerate(class_names)}
+  accuracy = {}
+  for name, members in subsets.items():
+    if len(members) >= len(class_names) or not all(m in index for m in members):
+      continue
+    rows = [index[m] for m in members]
+    images = confusion[rows].sum()
+    if images:
+      accuracy[name] = float(confusion[rows, rows].sum() / images)
+  return accuracy
+
+
 def device_info(mesh) -> dict:
   device = mesh.devices.flat[0]
   return {'platform': device.platform, 'device_kind': device.device_kind,
@@ -386,6 +405,8 @@ def results(config, log: MetricsLog, test: dict, predictions: np.ndarray, data, 
       'class_names': data.class_names,
       'per_class_accuracy': dict(zip(data.class_names, per_class.tolist())),
       'confusion_matrix': confusion.tolist(),
+      'per_subset_accuracy': subset_accuracy(confusion, data.class_names,
+                                             registry.get(config.dataset).subsets),
       'train_images_per_s': float(np.median(throughput[1:] or throughput)),
       'train_seconds': float(sum(r['epoch_seconds'] for r in log.records)),
       'resumed_from_epoch': resumed_from,

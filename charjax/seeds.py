@@ -54,6 +54,16 @@ def summarise(values: list[float]) -> dict:
           'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'n': len(values)}
 
 
+def summarise_subsets(all_results: list[dict]) -> dict:
+  """Mean ± std over the seeds of each subset's test accuracy (a run on all of a dataset's
+  classes scored on each named subset of them); empty unless every run reports the same."""
+  per_run = [r.get('per_subset_accuracy') or {} for r in all_results]
+  names = list(per_run[0]) if per_run else []
+  if not names or any(list(p) != names for p in per_run):
+    return {}
+  return {name: summarise([p[name] for p in per_run]) for name in names}
+
+
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
   out = config.copy_and_resolve_references()
   with out.unlocked():
@@ -92,6 +102,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str, *, num_seeds: i
       'this_call_seconds': time.time() - started, 'runs': runs,
       'test_accuracy': summarise([r['test_accuracy'] for r in runs]),
       'best_val_loss': summarise([r['best_val_loss'] for r in runs]),
+      'per_subset_test_accuracy': summarise_subsets(all_results),
       'test_protocol': json.loads((root / 'seed_0' / 'results.json').read_text()).get(
           'test_protocol', 'carved'),
   }
@@ -205,6 +216,8 @@ def main(argv):
   each = ', '.join(f'{100 * r["test_accuracy"]:.2f}' for r in report['runs'])
   print(f'test accuracy over {acc["n"]} seeds: {100 * acc["mean"]:.2f} ± {100 * acc["std"]:.2f}% '
         f'({each}); {flags.FLAGS.workdir}/seeds.json')
+  for name, subset in report['per_subset_test_accuracy'].items():
+    print(f'  {name}: {100 * subset["mean"]:.2f} ± {100 * subset["std"]:.2f}%')
 
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Experiment config (name or file).',

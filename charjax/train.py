@@ -349,6 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     rundir.write_results(workdir, results)
     logging.info('test accuracy %.2f%% (best epoch %d); results in %s',
                  100 * results['test_accuracy'], log.best_epoch, workdir / 'results.json')
+    if results.get('per_subset_accuracy'):
+      logging.info('test accuracy by subset: %s', ', '.join(
+          f'{name} {100 * a:.2f}%' for name, a in results['per_subset_accuracy'].items()))
     return results
 
 

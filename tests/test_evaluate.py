@@ -22,6 +22,7 @@ def test_the_runs_own_test_split_gives_its_results(reference_run):
   assert report['confusion_matrix'] == results['confusion_matrix']
   assert report['test_protocol'] == 'carved'
   assert report['trained_on'] is False
+  assert report['per_subset_accuracy'] == results['per_subset_accuracy'] == {}
   # Every error listed once, by the file name splits.json records for the test split, and
   # the list agrees with the confusion matrix's off-diagonal counts.
   wrong = report['misclassified']

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from charjax.data import input_pipeline
@@ -193,3 +194,27 @@ def test_prepared_data_left_unchecked_by_a_kill_are_checked_on_next_use(tmp_path
     input_pipeline.prepare('nhcd', 'numerals', data_dir=tmp_path / 'a',
                            tfds_dir=tmp_path / 'tfds')
   assert not record.exists()
+
+
+def test_subset_accuracy_scores_each_named_subset_of_the_run_classes():
+  # Classes a, b (subset 'ab') and c (subset 'c'); rows are true classes, columns predicted.
+  confusion = np.array([[3, 1, 0],    # a: 3 right, 1 read as b (inside its subset, still wrong)
+                        [0, 2, 2],    # b: 2 right, 2 read as c
+                        [1, 0, 5]])   # c: 5 right, 1 read as a
+  subsets = {'all': ['a', 'b', 'c'], 'ab': ['a', 'b'], 'c': ['c'], 'other': ['a', 'z']}
+  accuracy = rundir.subset_accuracy(confusion, ['a', 'b', 'c'], subsets)
+  assert accuracy == pytest.approx({'ab': 5 / 8, 'c': 5 / 6})
+  # A run on one subset: nothing smaller is named, so nothing is reported.
+  assert rundir.subset_accuracy(confusion[:2, :2], ['a', 'b'], subsets) == {}
+
+
+def test_subset_accuracy_of_nhcds_58_classes_partitions_the_test_images():
+  from charjax.data import registry
+  subsets = registry.get('nhcd').subsets
+  names = list(subsets['all'])
+  confusion = np.diag(np.arange(1, 59))
+  confusion[0, 57] = 4  # a numeral read as a consonant
+  accuracy = rundir.subset_accuracy(confusion, names, subsets)
+  assert set(accuracy) == {'numerals', 'vowels', 'consonants'}
+  assert accuracy['numerals'] == pytest.approx(55 / 59)
+  assert accuracy['vowels'] == accuracy['consonants'] == 1.0

@@ -23,6 +23,7 @@ def test_seeds_train_separately_and_report_mean_and_std(prepared_dirs, tmp_path)
   assert report['test_accuracy']['mean'] == pytest.approx(statistics.fmean(accuracies))
   assert report['test_accuracy']['std'] == pytest.approx(statistics.stdev(accuracies))
   assert json.loads((tmp_path / 'seeds.json').read_text())['test_accuracy']['n'] == 2
+  assert report['per_subset_test_accuracy'] == {}  # numerals: no smaller named subset
   # Different seeds, same split: the runs differ (losses), the test images do not.
   assert per_seed[0]['best_val_loss'] != per_seed[1]['best_val_loss']
   splits = [json.loads((tmp_path / f'seed_{k}' / 'splits.json').read_text()) for k in (0, 1)]
@@ -47,6 +48,18 @@ def test_seeds_train_separately_and_report_mean_and_std(prepared_dirs, tmp_path)
   config.optimizer.learning_rate = 1e-2
   with pytest.raises(Exception, match='optimizer.learning_rate'):
     seeds.train_seeds(config, str(tmp_path), num_seeds=2, first_seed=5)
+
+
+def test_subset_accuracies_are_summarised_over_seeds_that_all_report_them():
+  runs = [{'per_subset_accuracy': {'numerals': 1.0, 'vowels': 0.9}},
+          {'per_subset_accuracy': {'numerals': 0.98, 'vowels': 0.95}}]
+  summary = seeds.summarise_subsets(runs)
+  assert list(summary) == ['numerals', 'vowels']
+  assert summary['numerals']['mean'] == pytest.approx(0.99)
+  assert summary['vowels']['std'] == pytest.approx(statistics.stdev([0.9, 0.95]))
+  # A seed finished by older code (no field) or scored on other subsets: no summary.
+  assert seeds.summarise_subsets(runs + [{}]) == {}
+  assert seeds.summarise_subsets(runs + [{'per_subset_accuracy': {'numerals': 1.0}}]) == {}
 
 
 def test_seeds_trained_together_match_seeds_trained_apart(prepared_dirs, tmp_path):

@@ -61,6 +61,7 @@ def test_run_writes_config_metrics_splits_and_results(tiny_run):
   assert results['best_epoch'] == min(lines, key=lambda l: l['val_loss'])['epoch']
   assert results['device']['platform'] == jax.default_backend()
   assert len(results['per_class_accuracy']) == 10 and results['wall_clock_s'] > 0
+  assert results['per_subset_accuracy'] == {}  # a numerals run: no smaller named subset
 
 
 def test_best_checkpoint_restores_to_the_same_test_evaluation(tiny_run):
