@@ -71,3 +71,26 @@ def test_recipe_run_is_evaluated_with_the_parameters_average(prepared_dirs, tmp_
   logits = model.apply({'params': state.params}, data.images['test'], train=False)
   assert float(jnp.mean(jnp.argmax(logits, -1) == data.labels['test'])) == pytest.approx(
       results['test_accuracy'])
+
+
+@pytest.mark.slow
+def test_a_resnet_on_all_58_classes_scores_each_subset_and_feeds_the_svcs(prepared_dirs,
+                                                                           tmp_path):
+  """The recipe on NHCD's 58 classes: per-subset accuracy in results.json, and experiment
+  3's SVCs fitted on the ResNet's pooled features (the study's pipeline, modern network)."""
+  from charjax.study import specialise
+  config = recipe_config(*prepared_dirs)
+  config.subset, config.num_epochs = 'all', 1
+  results = train.train_and_evaluate(config, str(tmp_path / 'cnn'))
+  per_subset = results['per_subset_accuracy']
+  assert list(per_subset) == ['numerals', 'vowels', 'consonants']
+  svcs = specialise.run(tmp_path / 'cnn', tmp_path / 'svc', C=(10.0,), gamma=(0.1,), folds=2)
+  assert svcs['feature_dim'] == 32  # the last stage's width: the pooled features
+  sizes = {name: s['test_size'] for name, s in svcs['subsets'].items()}
+  assert sum(sizes.values()) == results['split_sizes']['test']
+  for name, s in svcs['subsets'].items():
+    # The same 58-way decisions on the same test images, counted by two pieces of code.
+    assert s['cnn_test_accuracy'] == pytest.approx(per_subset[name])
+    assert 0.0 <= s['test_accuracy'] <= 1.0
+  overall = sum(per_subset[n] * sizes[n] for n in sizes) / sum(sizes.values())
+  assert overall == pytest.approx(results['test_accuracy'])

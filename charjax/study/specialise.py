@@ -8,6 +8,10 @@ subsets, so no test image was seen in training). Classifiers are saved as `.npz`
 (see `charjax.study.svc`), never pickled.
 
   python -m charjax.study.specialise --cnn_workdir runs/all_classes --workdir runs/all_classes/svc
+
+Any network on NHCD's 58 classes whose module returns features with `features=True` works
+the same way, e.g. the ResNet of `recipe_from_dhcd --config.subset=all` (its pooled
+features).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
   config, model, state, class_names = runs.restore_best(cnn_workdir)
   if config.dataset != 'nhcd' or config.subset != 'all':
     raise runs.RunError(f'{cnn_workdir} was trained on {config.dataset}/{config.subset}; the '
-                        'SVCs need the 58-class NHCD network (charjax/configs/all_classes.py).')
+                        'SVCs need a network on all 58 NHCD classes (e.g. charjax/configs/all_classes.py).')
   _, data = input_pipeline.load_splits(config)
   feats = {name: extract_features(model, state.params, images)
            for name, images in data.images.items()}
@@ -129,7 +133,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('cnn_workdir', None, 'A finished run of charjax/configs/all_classes.py.')
+  flags.DEFINE_string('cnn_workdir', None, 'A finished run on all 58 NHCD classes.')
   flags.DEFINE_string('workdir', None, 'Where the SVCs and results.json go.')
   flags.DEFINE_integer('folds', 5, 'Cross-validation folds of the grid search.')
   flags.mark_flags_as_required(['cnn_workdir', 'workdir'])
