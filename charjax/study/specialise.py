@@ -89,7 +89,8 @@ def run(cnn_workdir, workdir, *, C=STUDY_C, gamma=STUDY_GAMMA, folds: int = 5,
   config, model, state, class_names = runs.restore_best(cnn_workdir)
   if config.dataset != 'nhcd' or config.subset != 'all':
     raise runs.RunError(f'{cnn_workdir} was trained on {config.dataset}/{config.subset}; the '
-                        'SVCs need a network on all 58 NHCD classes (e.g. charjax/configs/all_classes.py).')
+                        'SVCs need a network on all 58 NHCD classes (e.g. '
+                        'charjax/configs/all_classes.py).')
   _, data = input_pipeline.load_splits(config)
   feats = {name: extract_features(model, state.params, images)
            for name, images in data.images.items()}
