@@ -28,6 +28,7 @@ FIELDS = {
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
     'augment_translate': float, 'augment_erase': float, 'augment_elastic_alpha': float,
     'augment_elastic_sigma': float, 'label_smoothing': float,
+    'mix_in': str, 'mix_in_per_epoch': float,
 }
 
 # Run-wide fields added after runs had been saved without them, each with the value that
@@ -38,7 +39,8 @@ ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom
                # had (data.json refuses a resume on data with an official test split).
                'test_split': 'auto', 'init_from': '', 'augment_translate': 0.0,
                'label_smoothing': 0.0, 'augment_erase': 0.0, 'augment_elastic_alpha': 0.0,
-               'augment_elastic_sigma': 4.0, 'train_on_validation': False}
+               'augment_elastic_sigma': 4.0, 'train_on_validation': False,
+               'mix_in': '', 'mix_in_per_epoch': 1.0}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.
@@ -135,6 +137,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'distortion is part of the training augmentation)')
   need(0 <= config.label_smoothing < 1,
        f'label_smoothing={config.label_smoothing} not in [0, 1)')
+  need(config.mix_in_per_epoch > 0,
+       f'mix_in_per_epoch={config.mix_in_per_epoch} must be positive')
+  need(config.mix_in != config.dataset, f'mix_in={config.mix_in!r} is the run\'s own dataset')
+  if config.mix_in:
+    try:
+      registry.get(config.mix_in)
+    except registry.UnknownDatasetError as e:
+      problems.append(f'mix_in: {e}')
   try:
     models.create(config.model, num_classes=2, conv_impl=config.conv_impl)
   except models.ModelConfigError as e:

@@ -127,6 +127,10 @@ def train_together(configs: list, dirs: list[pathlib.Path]) -> list[dict]:
   started = time.time()
   config = configs[0]
   configuration.validate(config)
+  if config.mix_in:
+    raise configuration.ConfigError(
+        f'mix_in={config.mix_in!r} is not supported with --together (each seed would draw '
+        'its own training set); train the seeds one after another.')
   model = train.create_model(config, input_pipeline.num_classes(config.dataset, config.subset))
   train.check_model(config, model)
   mesh = train.make_mesh(config)

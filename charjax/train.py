@@ -41,6 +41,7 @@ from charjax import rundir
 from charjax import transfer
 from charjax.data import augment
 from charjax.data import input_pipeline
+from charjax.data import mix_in
 from charjax.data import splits as splits_lib
 from charjax.nn import conv
 from charjax.nn import models
@@ -143,6 +144,9 @@ def eval_step(state: train_state.TrainState, images, labels, mask):
 
 
 _NO_BAD_STEP = jnp.iinfo(jnp.int32).max
+# `fold_in` data deriving the random stream of `config.mix_in`'s draws from the seed, apart
+# from the initialisation's and training's (`jax.random.split` of the same key).
+_MIX_IN_STREAM = 0x6D6978
 
 
 def _sum(metrics):
@@ -287,7 +291,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     rundir.bind_run(workdir, config, examples, data,
                     splits_lib.named(data.indices, examples.file_names))
     images, labels = (sharding.put_replicated(mesh, d) for d in (data.images, data.labels))
-    num_train, batch_size = len(data.labels['train']), config.batch_size
+    mixed = mix_in.load(config, data.class_names, len(data.labels['train']))
+    if mixed:
+      extra = sharding.put_replicated(mesh, (mixed.images, mixed.labels))
+      mix_rng = jax.random.fold_in(jax.random.key(config.seed), _MIX_IN_STREAM)
+    num_train = len(data.labels['train']) + (mixed.per_epoch if mixed else 0)
+    batch_size = config.batch_size
     steps_per_epoch = -(-num_train // batch_size)
     eval_bs = {k: _eval_batch_size(config, len(y), mesh) for k, y in data.labels.items()}
     unroll = conv.loop_unroll(config.conv_impl, dtype=config.dtype)
@@ -311,7 +320,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           tick = time.perf_counter()
           with progress_lib.EpochBar(epoch, config.num_epochs, (epoch - 1) * steps_per_epoch,
                                      steps_per_epoch) if show else contextlib.nullcontext():
-            state, train = train_epoch(state, images['train'], labels['train'], train_rng,
+            epoch_images, epoch_labels = (mix_in.epoch_training_set(
+                images['train'], labels['train'], *extra, mix_rng, epoch,
+                per_epoch=mixed.per_epoch) if mixed else (images['train'], labels['train']))
+            state, train = train_epoch(state, epoch_images, epoch_labels, train_rng,
                                        epoch, batch_size=batch_size, unroll=unroll,
                                        augmentation=augmentation, progress=show,
                                        label_smoothing=config.label_smoothing)
@@ -346,6 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  resumed_from=done, started=started, mesh=mesh)
         if pretrained:
           results['initialised_from'] = pretrained
+        if mixed:
+          results['mix_in'] = mixed.record
     rundir.write_results(workdir, results)
     logging.info('test accuracy %.2f%% (best epoch %d); results in %s',
                  100 * results['test_accuracy'], log.best_epoch, workdir / 'results.json')

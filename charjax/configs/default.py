@@ -68,4 +68,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.augment_elastic_sigma = 4.0      # and its smoothness (Gaussian sigma, pixels)
   # Training targets (1 - e) * one_hot + e / classes; 0 = the study's plain cross-entropy.
   config.label_smoothing = 0.0
+  # Another dataset of the same characters mixed into every training epoch (e.g. 'dhcd' for
+  # NHCD's consonants or numerals; charjax.data.mix_in): its images of this run's classes,
+  # mix_in_per_epoch x the training split's size drawn afresh each epoch. '' = none.
+  config.mix_in = ''
+  config.mix_in_per_epoch = 1.0
   return configs.with_variant(config, variant)
