@@ -62,12 +62,12 @@ def load(config, class_names: list[str], num_train: int) -> MixIn | None:
         f'(training split: {num_train} images).')
   images = preprocess.to_model_input([examples.images[i] for i in keep],
                                      ink_is_dark=spec.ink_is_dark, image_size=config.image_size)
-  matched = sorted(set(mapped[keep].tolist()))
+  matched = set(mapped[keep].tolist())
   record = {
       'dataset': config.mix_in, 'split': 'train (the publisher\'s)',
       'images': int(len(keep)), 'per_epoch': per_epoch,
-      'classes_matched': [class_names[k] for k in matched],
-      'classes_without': [n for k, n in enumerate(class_names) if k not in set(matched)],
+      'classes_matched': [n for k, n in enumerate(class_names) if k in matched],
+      'classes_without': [n for k, n in enumerate(class_names) if k not in matched],
   }
   return MixIn(images, mapped[keep], per_epoch, record)
 
