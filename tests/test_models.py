@@ -150,6 +150,20 @@ def test_resnet_shapes_parameter_count_and_same_padding():
   assert stem.shape == (3, 36, 36, 32)
 
 
+def test_wide_resnet_parameter_count():
+  from charjax.configs import recipe
+  model = models.create(recipe.NETWORKS['wide'], num_classes=46, conv_impl='auto')
+  # stem 9*48+48, its norm 2*48; block 48->48: two convs (9*48*48+48), norms 2*(2*48);
+  # block 48->96: 9*48*96+96, 9*96*96+96, norms 2*(2*96), projection 48*96; block 96->192:
+  # 9*96*192+192, 9*192*192+192, norms 2*(2*192), projection 96*192; dense 192*46+46.
+  expected = ((480 + 96) + (2 * 20_784 + 192) + (41_568 + 83_040 + 384 + 4_608)
+              + (166_080 + 331_968 + 768 + 18_432) + (192 * 46 + 46))
+  assert param_count(model, 36) == expected == 698_062
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 1)), train=False)
+  x = jnp.zeros((2, 36, 36, 1))
+  assert model.apply(variables, x, train=False, features=True).shape == (2, 192)
+
+
 def test_resnet_refuses_widths_groupnorm_cannot_split():
   with pytest.raises(models.ModelConfigError, match='multiples of groups'):
     models.create({'name': 'ResNet', 'stage_features': (12, 24)}, num_classes=10)

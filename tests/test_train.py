@@ -234,6 +234,24 @@ def test_recipe_cnn_variant_trains_the_study_network_with_the_recipe():
   assert dict(cnn.optimizer) == dict(config.optimizer) and cnn.augment_translate > 0
 
 
+def test_wide_variant_widens_the_resnet_for_pretraining_and_fine_tuning():
+  from charjax.configs import recipe
+  from charjax.configs import recipe_from_dhcd
+  from charjax.configs import recipe_pretrain
+  for module in (recipe, recipe_pretrain, recipe_from_dhcd):
+    wide, base = module.get_config('wide'), module.get_config()
+    configuration.validate(wide)
+    assert tuple(wide.model.stage_features) == (48, 96, 192)
+    assert tuple(base.model.stage_features) == (32, 64, 128)
+    assert {k: v for k, v in wide.items() if k not in ('model', 'init_from')} == {
+        k: v for k, v in base.items() if k not in ('model', 'init_from')}
+  assert recipe_pretrain.get_config('wide').dataset == 'dhcd'
+  assert recipe_pretrain.get_config('wide').num_epochs == 20
+  assert recipe_from_dhcd.get_config('wide').init_from == 'runs/recipe_pretrain_wide'
+  assert recipe_from_dhcd.get_config().init_from == 'runs/recipe_pretrain'
+  assert recipe_pretrain.get_config('quick').num_epochs == 2
+
+
 def test_train_on_validation_trains_on_both_splits_and_keeps_the_last_epoch(
     prepared_dirs, tmp_path):
   config = tiny_config(*prepared_dirs)

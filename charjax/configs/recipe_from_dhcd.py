@@ -26,6 +26,7 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  config = recipe.get_config()
-  config.init_from = 'runs/recipe_pretrain'
+  network, variant = recipe.network_variant(variant)
+  config = recipe.get_config(network)
+  config.init_from = 'runs/recipe_pretrain' + (f'_{network}' if network else '')
   return configs.with_variant(config, variant)

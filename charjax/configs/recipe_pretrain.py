@@ -20,7 +20,8 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  config = recipe.get_config()
+  network, variant = recipe.network_variant(variant)
+  config = recipe.get_config(network)
   config.dataset = 'dhcd'
   config.subset = 'all'
   config.num_epochs = 20
