@@ -55,7 +55,6 @@ from charjax import runs
 from charjax.data import archives
 from charjax.data import classes
 from charjax.data import input_pipeline
-from charjax.data import preprocess
 from charjax.data import registry
 from charjax.data import sources
 from charjax.study import svc as svc_lib
@@ -186,21 +185,14 @@ def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknow
   dataset, _, rest = spec.partition(':')
   subset, _, split = rest.rpartition('/')
   subset = subset or 'all'
-  dataset_spec = registry.get(dataset)
-  examples = input_pipeline.load_examples(dataset, subset, data_dir=config.data_dir or None,
-                                          tfds_dir=config.tfds_dir or None,
-                                          splits=(split,))
-  index = {name: i for i, name in enumerate(run_classes)}
-  keep = np.array([examples.class_names[l] in index for l in examples.labels])
+  examples, keep, inputs, labels = input_pipeline.load_run_classes(
+      dataset, subset, split, run_classes, image_size=config.image_size,
+      data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None)
   unknown = collections.Counter(examples.class_names[l] for l in examples.labels[~keep])
   _check_unknown(unknown, run_classes, skip_unknown)
-  mapping = {n: n for n in examples.class_names if n in index}
-  images = [im for im, k in zip(examples.images, keep) if k]
-  if not images:
+  mapping = {n: n for n in examples.class_names if n in set(run_classes)}
+  if not keep.any():
     raise EvaluationError(f'{spec} holds no images of the run\'s classes.')
-  inputs = preprocess.to_model_input(images, ink_is_dark=dataset_spec.ink_is_dark,
-                                     image_size=config.image_size)
-  labels = np.array([index[examples.class_names[l]] for l in examples.labels[keep]], np.int32)
   return inputs, labels, list(examples.file_names[keep]), mapping, dict(unknown)
 
 

@@ -292,9 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     splits_lib.named(data.indices, examples.file_names))
     images, labels = (sharding.put_replicated(mesh, d) for d in (data.images, data.labels))
     mixed = mix_in.load(config, data.class_names, len(data.labels['train']))
+    training_set = lambda epoch: (images['train'], labels['train'])
     if mixed:
       extra = sharding.put_replicated(mesh, (mixed.images, mixed.labels))
       mix_rng = jax.random.fold_in(jax.random.key(config.seed), _MIX_IN_STREAM)
+      training_set = lambda epoch: mix_in.epoch_training_set(
+          images['train'], labels['train'], *extra, mix_rng, epoch, per_epoch=mixed.per_epoch)
     num_train = len(data.labels['train']) + (mixed.per_epoch if mixed else 0)
     batch_size = config.batch_size
     steps_per_epoch = -(-num_train // batch_size)
@@ -320,10 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           tick = time.perf_counter()
           with progress_lib.EpochBar(epoch, config.num_epochs, (epoch - 1) * steps_per_epoch,
                                      steps_per_epoch) if show else contextlib.nullcontext():
-            epoch_images, epoch_labels = (mix_in.epoch_training_set(
-                images['train'], labels['train'], *extra, mix_rng, epoch,
-                per_epoch=mixed.per_epoch) if mixed else (images['train'], labels['train']))
-            state, train = train_epoch(state, epoch_images, epoch_labels, train_rng,
+            state, train = train_epoch(state, *training_set(epoch), train_rng,
                                        epoch, batch_size=batch_size, unroll=unroll,
                                        augmentation=augmentation, progress=show,
                                        label_smoothing=config.label_smoothing)

@@ -179,6 +179,27 @@ def load_examples(dataset: str, subset: str = 'all', *, data_dir=None, tfds_dir=
   )
 
 
+def load_run_classes(dataset: str, subset: str, split: str, run_classes: list[str], *,
+                     image_size: int, data_dir=None, tfds_dir=None):
+  """Another dataset's images as a run sees them: (examples, keep, inputs, labels).
+
+  `examples` is the publisher's `split` of `dataset`/`subset`; `keep` marks its images whose
+  class is one of `run_classes` (matched by name); `inputs` are those images as model
+  inputs (with the dataset's ink polarity) and `labels` their classes in the run's
+  numbering. Used to score a run on other data and to mix other data into training.
+  """
+  examples = load_examples(dataset, subset, data_dir=data_dir, tfds_dir=tfds_dir,
+                           splits=(split,))
+  index = {name: i for i, name in enumerate(run_classes)}
+  theirs = np.array([index.get(name, -1) for name in examples.class_names], np.int32)
+  mapped = theirs[examples.labels] if len(examples.labels) else np.zeros(0, np.int32)
+  keep = mapped >= 0
+  inputs = preprocess.to_model_input([im for im, k in zip(examples.images, keep) if k],
+                                     ink_is_dark=registry.get(dataset).ink_is_dark,
+                                     image_size=image_size)
+  return examples, keep, inputs, mapped[keep]
+
+
 def make_splits(examples: Examples, *, kind: str, test_fraction: float, val_fraction: float,
                 seed: int) -> dict[str, np.ndarray]:
   """Index arrays per split: kind 'stratified' (the study's) or 'writer' (writer-disjoint)."""

@@ -25,8 +25,6 @@ import numpy as np
 
 from charjax import configuration
 from charjax.data import input_pipeline
-from charjax.data import preprocess
-from charjax.data import registry
 
 
 @dataclasses.dataclass
@@ -43,33 +41,27 @@ def load(config, class_names: list[str], num_train: int) -> MixIn | None:
   none of that dataset's classes is one of the run's `class_names`."""
   if not config.mix_in:
     return None
-  spec = registry.get(config.mix_in)
-  examples = input_pipeline.load_examples(config.mix_in, 'all', data_dir=config.data_dir or None,
-                                          tfds_dir=config.tfds_dir or None)
-  label_of = {name: i for i, name in enumerate(class_names)}
-  theirs = np.array([label_of.get(name, -1) for name in examples.class_names], np.int32)
-  mapped = theirs[examples.labels]
-  keep = np.flatnonzero(mapped >= 0)
-  if not len(keep):
+  examples, keep, images, labels = input_pipeline.load_run_classes(
+      config.mix_in, 'all', 'train', class_names, image_size=config.image_size,
+      data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None)
+  if not keep.any():
     raise configuration.ConfigError(
         f'mix_in={config.mix_in!r}: none of its classes ({", ".join(examples.class_names[:5])}, '
         f'...) is one of this run\'s ({config.dataset}/{config.subset}: '
         f'{", ".join(class_names[:5])}, ...); classes are matched by name.')
-  per_epoch = min(int(round(config.mix_in_per_epoch * num_train)), len(keep))
+  per_epoch = min(int(round(config.mix_in_per_epoch * num_train)), len(labels))
   if per_epoch < 1:
     raise configuration.ConfigError(
         f'mix_in_per_epoch={config.mix_in_per_epoch} draws no image per epoch '
         f'(training split: {num_train} images).')
-  images = preprocess.to_model_input([examples.images[i] for i in keep],
-                                     ink_is_dark=spec.ink_is_dark, image_size=config.image_size)
-  matched = set(mapped[keep].tolist())
+  matched = set(labels.tolist())
   record = {
       'dataset': config.mix_in, 'split': 'train (the publisher\'s)',
-      'images': int(len(keep)), 'per_epoch': per_epoch,
+      'images': int(len(labels)), 'per_epoch': per_epoch,
       'classes_matched': [n for k, n in enumerate(class_names) if k in matched],
       'classes_without': [n for k, n in enumerate(class_names) if k not in matched],
   }
-  return MixIn(images, mapped[keep], per_epoch, record)
+  return MixIn(images, labels, per_epoch, record)
 
 
 @functools.partial(jax.jit, static_argnames=('per_epoch',))
