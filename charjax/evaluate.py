@@ -190,7 +190,8 @@ def read_dataset_split(spec: str, config, run_classes: list[str], *, skip_unknow
       data_dir=config.data_dir or None, tfds_dir=config.tfds_dir or None)
   unknown = collections.Counter(examples.class_names[l] for l in examples.labels[~keep])
   _check_unknown(unknown, run_classes, skip_unknown)
-  mapping = {n: n for n in examples.class_names if n in set(run_classes)}
+  known = set(run_classes)
+  mapping = {n: n for n in examples.class_names if n in known}
   if not keep.any():
     raise EvaluationError(f'{spec} holds no images of the run\'s classes.')
   return inputs, labels, list(examples.file_names[keep]), mapping, dict(unknown)
