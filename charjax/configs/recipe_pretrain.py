@@ -13,7 +13,8 @@ chosen on validation: they reach a lower validation loss than 8 (0.120 at epoch 
 Runtime on this project's 2-core CPU: 43-44 min of training and validation. Test accuracy
 (test split carved from DHCD's Train/): 99.49 ± 0.01% over 3 seeds (98.60% with 8 epochs,
 seed 0). The `wide` variant (stages of 48/96/192 channels, `--config recipe_pretrain:wide`):
-75-80 min, 99.57% and 99.60% (seeds 2 and 0; the base network 99.49% for seed 2). Details: docs/recipe.md.
+75-80 min, 99.60 ± 0.03% over 3 seeds (the base network 99.49% for the same seed 2 as the
+wide's 99.57%). Details: docs/recipe.md.
 """
 
 from charjax import configs
