@@ -22,6 +22,9 @@ the dataset's own ink polarity for a split, judged from each image's border for 
 the run does not have is refused, naming it (`--skip_unknown_classes` leaves those images
 out and counts them). `--tta shift1|shift2` averages the scores over whole-pixel shifts of
 each image (test-time augmentation; choose it on `validation`, never on `test`).
+`--checkpoint last` scores the run's last epoch instead of its best-validation-loss one (a
+run keeps both): whether the last epoch reads new images better is a choice for
+`validation` too.
 
 Several runs score as an ensemble, their class probabilities averaged: `--workdir` given
 more than once, or a folder of `charjax.seeds` (every `seed_<k>/` in it). The runs must have
@@ -225,23 +228,29 @@ def scores_of(classifier: predict.Classifier, inputs: np.ndarray, tta: str = 'no
 
 def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = None,
              skip_unknown: bool = False, data_dir: str = '', tfds_dir: str = '',
-             tta: str = 'none') -> dict:
+             tta: str = 'none', checkpoint: str = 'best') -> dict:
   """Scores the run (or the SVC on its features) on `data` (see the module docstring).
 
   `workdir` may name several runs (a list, or a `charjax.seeds` folder): their ensemble is
   scored, class probabilities averaged. `data_dir` / `tfds_dir` say where a dataset split's
   archive and prepared data are, when not where the run's config looked. `tta` averages the
   scores over shifted copies of each image (`TTA_VIEWS`): choose it on the `validation`
-  split, then apply it to test.
+  split, then apply it to test. `checkpoint='last'` scores each run's last epoch instead of
+  its best-validation-loss one (`runs.restore`); like TTA, choose it on `validation`.
   """
   if tta not in TTA_VIEWS:
     raise EvaluationError(f'--tta={tta!r} is not one of {", ".join(TTA_VIEWS)}')
+  if checkpoint not in runs.KEPT:
+    raise EvaluationError(f'--checkpoint={checkpoint!r} is not one of {", ".join(runs.KEPT)}')
+  if svc and checkpoint != 'best':
+    raise EvaluationError('An SVC reads the features of the network it was fitted on (its '
+                          'best checkpoint): --checkpoint=last does not apply.')
   if workdir is None:
     workdir = svc_lib.load(svc)[1]['cnn_workdir']  # the network the SVC reads
   members = ensemble_members(workdir)
   if svc and len(members) > 1:
     raise EvaluationError('An SVC reads one network\'s features: give one --workdir with --svc.')
-  classifiers = [predict.load_classifier(m, svc) for m in members]
+  classifiers = [predict.load_classifier(m, svc, checkpoint) for m in members]
   _check_same_runs(members, classifiers, data in RUN_SPLITS)
   workdir, classifier = members[0], classifiers[0]
   config = runs.load_config(workdir)
@@ -291,6 +300,8 @@ def evaluate(workdir: str | list[str] | None, data: str, *, svc: str | None = No
       'member_accuracies': [float(np.mean(np.argmax(m, -1) == labels)) for m in member_scores]}
   return {
       'workdir': str(workdir), 'svc': svc, **source, 'tta': tta, **ensemble,
+      'checkpoint': checkpoint,
+      'checkpoint_epochs': [runs.checkpoint_epoch(m, checkpoint) for m in members],
       'tta_views': [list(v) for v in TTA_VIEWS[tta]],
       'images': int(len(labels)), 'accuracy': float(np.mean(predictions == labels)),
       'per_class_accuracy': {n: float(confusion[i, i] / counts[i])
@@ -333,12 +344,13 @@ def main(argv):
     report = evaluate(flags.FLAGS.workdir, argv[1], svc=flags.FLAGS.svc,
                       skip_unknown=flags.FLAGS.skip_unknown_classes,
                       data_dir=flags.FLAGS.data_dir, tfds_dir=flags.FLAGS.tfds_dir,
-                      tta=flags.FLAGS.tta)
+                      tta=flags.FLAGS.tta, checkpoint=flags.FLAGS.checkpoint)
   except (EvaluationError, runs.RunError, checkpointing.CheckpointError,
           configuration.ConfigError, archives.ArchiveError, registry.UnknownDatasetError,
           sources.DataNotFoundError) as e:
     sys.exit(f'charjax: {e}')
-  tag = argv[1] + ('' if flags.FLAGS.tta == 'none' else f'_tta_{flags.FLAGS.tta}')
+  tag = (argv[1] + ('' if flags.FLAGS.tta == 'none' else f'_tta_{flags.FLAGS.tta}')
+         + ('' if flags.FLAGS.checkpoint == 'best' else f'_{flags.FLAGS.checkpoint}'))
   if 'ensemble' in report:  # beside the seeds, or the first run's, named as an ensemble
     seeds_dir = len(flags.FLAGS.workdir) == 1 and flags.FLAGS.workdir[0]
     tag, home = (tag, seeds_dir) if seeds_dir else (
@@ -372,4 +384,7 @@ if __name__ == '__main__':
   flags.DEFINE_enum('tta', 'none', list(TTA_VIEWS), 'Test-time augmentation: average the '
                     'scores over shifted copies (shift1: 5 views, +-1 pixel; shift2: 9 views). '
                     'Choose it on the validation split.')
+  flags.DEFINE_enum('checkpoint', 'best', list(runs.KEPT), 'Which kept state of each run to '
+                    'score: its best-validation-loss epoch or its last one. Choose it on the '
+                    'validation split.')
   cli.run(main)

@@ -134,8 +134,13 @@ class Classifier:
   scores: callable  # (N, S, S, 1) images -> (N, classes) scores
 
 
-def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
-  """The CNN of `workdir`, or the SVC at `svc_path` over its CNN's features."""
+def load_classifier(workdir: str | None, svc_path: str | None,
+                    checkpoint: str = 'best') -> Classifier:
+  """The CNN of `workdir`, or the SVC at `svc_path` over its CNN's features.
+
+  `checkpoint`: the run's best-validation epoch ('best') or its last one ('last', see
+  `runs.restore`); an SVC reads the network it was fitted on, the best.
+  """
   if svc_path:
     arrays, meta = svc_lib.load(svc_path)
     workdir = workdir or meta['cnn_workdir']
@@ -151,7 +156,7 @@ def load_classifier(workdir: str | None, svc_path: str | None) -> Classifier:
       feats = specialise.extract_features(model, state.params, images)
       return svc_lib.decision_votes(arrays, feats)[1] / max(1, k - 1)  # classes_ are sorted
     return Classifier(config.image_size, list(meta['class_names']), svc_scores)
-  config, model, state, names = runs.restore_best(workdir)
+  config, model, state, names = runs.restore(workdir, checkpoint)
   probabilities = jax.jit(lambda params, x: jax.nn.softmax(
       model.apply({'params': params}, x, train=False).astype(jnp.float32), axis=-1))
   return Classifier(config.image_size, names,

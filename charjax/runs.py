@@ -37,6 +37,9 @@ def load_results(workdir) -> dict:
   return json.loads(path.read_text())
 
 
+KEPT = ('best', 'last')  # the two states a run keeps (`charjax.checkpointing`)
+
+
 def restore_best(workdir):
   """(config, model, train state at the best-validation epoch, class names) of a run.
 
@@ -44,15 +47,42 @@ def restore_best(workdir):
   parameters where its optimiser kept one (`optim.evaluation_params`), so predict, export,
   evaluate and fine-tuning use what the run's figures measured.
   """
+  return restore(workdir, 'best')
+
+
+def restore(workdir, checkpoint: str = 'best'):
+  """(config, model, train state, class names) of a run at one of its kept checkpoints.
+
+  `checkpoint` is 'best' (the best-validation-loss epoch, what the run's figures measured)
+  or 'last' (the newest epoch saved, its final one where it saved every epoch: the other
+  state a run keeps, so that a choice between the two can be made on validation afterwards
+  without training again; `checkpoint_epoch` says which). Parameters as `restore_best`.
+  """
+  if checkpoint not in KEPT:
+    raise RunError(f'checkpoint {checkpoint!r} is not one of {", ".join(KEPT)}.')
   config = load_config(workdir)
   results = load_results(workdir)
   class_names = results['class_names']
   model = train.create_model(config, len(class_names))
   state = train.create_train_state(config, model, jax.random.key(0), config.image_size)
-  legacy = checkpointing.legacy_dir(workdir, 'best')  # runs saved with two managers
+  legacy = checkpointing.legacy_dir(workdir, 'best' if checkpoint == 'best' else 'latest')
   directory = legacy or pathlib.Path(workdir) / rundir.CHECKPOINTS
   with checkpointing.manager(directory, read_only=True) as checkpoints:
-    epoch = None if legacy else results['best_epoch']
+    # None: the newest epoch saved (a legacy folder holds one).
+    epoch = None if legacy or checkpoint == 'last' else results['best_epoch']
     state = checkpointing.restore(checkpoints, state, epoch)
   state = state.replace(params=optim.evaluation_params(state.params, state.opt_state))
   return config, model, state, class_names
+
+
+def checkpoint_epoch(workdir, checkpoint: str = 'best') -> int | None:
+  """The epoch `restore(workdir, checkpoint)` reads (None for a run of the older layout)."""
+  if checkpoint not in KEPT:
+    raise RunError(f'checkpoint {checkpoint!r} is not one of {", ".join(KEPT)}.')
+  if checkpointing.legacy_dir(workdir, 'best'):
+    return None
+  if checkpoint == 'best':
+    return load_results(workdir)['best_epoch']
+  with checkpointing.manager(pathlib.Path(workdir) / rundir.CHECKPOINTS,
+                             read_only=True) as checkpoints:
+    return checkpoints.latest_step()

@@ -1,6 +1,7 @@
 """charjax.evaluate: a finished run scored on its own split, a dataset split and folders."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -134,6 +135,48 @@ def test_test_time_augmentation_averages_the_views_scores(reference_run):
       np.mean(np.argmax(np.mean(views, 0), -1) == data.labels['validation']))
   with pytest.raises(evaluate.EvaluationError, match='not one of'):
     evaluate.evaluate(str(workdir), 'validation', tta='rotate')
+
+
+def test_the_last_checkpoint_scores_the_runs_final_epoch(reference_run, tmp_path):
+  """A run keeps its best and its last epoch. In a copy of the 5-epoch run whose best epoch
+  is made epoch 2 (a freshly initialised state saved there), `checkpoint='best'` scores that
+  state and `'last'` the final epoch, as its training recorded it on validation."""
+  import jax
+  from charjax import checkpointing
+  from charjax import predict
+  from charjax import runs
+  from charjax import train
+  from charjax.data import input_pipeline
+  config, workdir = reference_run
+  run = tmp_path / 'run'
+  shutil.copytree(workdir, run)
+  names = runs.load_results(run)['class_names']
+  fresh = train.create_train_state(config, train.create_model(config, len(names)),
+                                   jax.random.key(7), config.image_size)
+  with checkpointing.manager(tmp_path / 'other') as other:
+    checkpointing.save(other, 2, fresh)
+  shutil.move(tmp_path / 'other' / '2', run / 'checkpoints' / '2')
+  results = runs.load_results(run)
+  results['best_epoch'] = 2
+  (run / 'results.json').write_text(json.dumps(results))
+
+  records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+  last = evaluate.evaluate(str(run), 'validation', checkpoint='last')
+  assert last['checkpoint'] == 'last' and last['checkpoint_epochs'] == [config.num_epochs]
+  assert last['accuracy'] == pytest.approx(records[-1]['val_accuracy'], abs=1e-6)
+  best = evaluate.evaluate(str(run), 'validation')
+  assert best['checkpoint'] == 'best' and best['checkpoint_epochs'] == [2]
+  _, data = input_pipeline.load_splits(config)
+  images = data.images['validation']
+  expected = predict.load_classifier(str(run), None).scores(images)
+  model = train.create_model(config, len(names))
+  np.testing.assert_allclose(expected, jax.nn.softmax(model.apply(
+      {'params': fresh.params}, images, train=False)), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(expected, predict.load_classifier(str(run), None, 'last').scores(images))
+  with pytest.raises(evaluate.EvaluationError, match='not one of best, last'):
+    evaluate.evaluate(str(run), 'validation', checkpoint='first')
+  with pytest.raises(evaluate.EvaluationError, match='fitted on'):
+    evaluate.evaluate(str(run), 'test', svc='svc_numerals.npz', checkpoint='last')
 
 
 def test_an_ensemble_refuses_runs_of_other_classes_or_splits(reference_run, tmp_path):
