@@ -54,9 +54,9 @@ def restore(workdir, checkpoint: str = 'best'):
   """(config, model, train state, class names) of a run at one of its kept checkpoints.
 
   `checkpoint` is 'best' (the best-validation-loss epoch, what the run's figures measured)
-  or 'last' (the newest epoch saved, its final one where it saved every epoch: the other
-  state a run keeps, so that a choice between the two can be made on validation afterwards
-  without training again; `checkpoint_epoch` says which). Parameters as `restore_best`.
+  or 'last' (its final epoch, which a finished run always saves: the other state it keeps,
+  so that a choice between the two can be made on validation afterwards without training
+  again; `checkpoint_epoch` says which epoch). Parameters as `restore_best`.
   """
   if checkpoint not in KEPT:
     raise RunError(f'checkpoint {checkpoint!r} is not one of {", ".join(KEPT)}.')
@@ -68,7 +68,7 @@ def restore(workdir, checkpoint: str = 'best'):
   legacy = checkpointing.legacy_dir(workdir, 'best' if checkpoint == 'best' else 'latest')
   directory = legacy or pathlib.Path(workdir) / rundir.CHECKPOINTS
   with checkpointing.manager(directory, read_only=True) as checkpoints:
-    # None: the newest epoch saved (a legacy folder holds one).
+    # None: the newest epoch saved, the final one (a legacy folder holds one).
     epoch = None if legacy or checkpoint == 'last' else results['best_epoch']
     state = checkpointing.restore(checkpoints, state, epoch)
   state = state.replace(params=optim.evaluation_params(state.params, state.opt_state))
