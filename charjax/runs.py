@@ -58,18 +58,14 @@ def restore(workdir, checkpoint: str = 'best'):
   so that a choice between the two can be made on validation afterwards without training
   again; `checkpoint_epoch` says which epoch). Parameters as `restore_best`.
   """
-  if checkpoint not in KEPT:
-    raise RunError(f'checkpoint {checkpoint!r} is not one of {", ".join(KEPT)}.')
   config = load_config(workdir)
-  results = load_results(workdir)
-  class_names = results['class_names']
+  class_names = load_results(workdir)['class_names']
+  epoch = checkpoint_epoch(workdir, checkpoint)  # None: a legacy folder's one checkpoint
   model = train.create_model(config, len(class_names))
   state = train.create_train_state(config, model, jax.random.key(0), config.image_size)
   legacy = checkpointing.legacy_dir(workdir, 'best' if checkpoint == 'best' else 'latest')
   directory = legacy or pathlib.Path(workdir) / rundir.CHECKPOINTS
   with checkpointing.manager(directory, read_only=True) as checkpoints:
-    # None: the newest epoch saved, the final one (a legacy folder holds one).
-    epoch = None if legacy or checkpoint == 'last' else results['best_epoch']
     state = checkpointing.restore(checkpoints, state, epoch)
   state = state.replace(params=optim.evaluation_params(state.params, state.opt_state))
   return config, model, state, class_names
