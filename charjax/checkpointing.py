@@ -3,7 +3,8 @@
 One `CheckpointManager` per run, in `<workdir>/checkpoints/<epoch>`, keeps both: its
 preservation policy holds the newest checkpoint and the newest one saved as an
 improvement (`improved_epoch` in its metrics), i.e. the epoch of lowest validation loss
-under the study's rule (a strictly lower loss replaces the best). Runs saved by charjax
+under the study's rule (a strictly lower loss replaces the best). The metrics are written
+beside each checkpoint, so a resumed run goes on keeping the same two. Runs saved by charjax
 before this layout have `checkpoints/best` and `checkpoints/latest`; they still load for
 prediction and evaluation (`legacy_dir`).
 
@@ -46,14 +47,19 @@ def manager(directory: pathlib.Path, *, read_only: bool = False) -> ocp.Checkpoi
   directory = pathlib.Path(directory).absolute()
   if read_only and not directory.is_dir():
     raise CheckpointError(f'No checkpoint folder {directory}.')
+  # `best_fn` makes Orbax write each checkpoint's metrics to disk and read them back when
+  # a resumed run reopens the folder; without it they live only in the process that saved
+  # them, and the first save after a resume would delete the best checkpoint. Checkpoints
+  # without metrics on disk (saved by charjax before it wrote them) are kept, never deleted.
   keep = None if read_only else policies.AnyPreservationPolicy([
       policies.LatestN(n=1),
       policies.BestN(get_metric_fn=_improved_epoch, n=1,
-                     keep_checkpoints_without_metrics=False)])
+                     keep_checkpoints_without_metrics=True)])
   return ocp.CheckpointManager(
       directory, item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(
-          preservation_policy=keep, save_interval_steps=0 if read_only else 1,
+          preservation_policy=keep, best_fn=None if read_only else _improved_epoch,
+          best_mode='max', save_interval_steps=0 if read_only else 1,
           create=not read_only, read_only=read_only, enable_async_checkpointing=False,
           cleanup_tmp_directories=not read_only))
 
@@ -177,6 +183,10 @@ def restore(mngr: ocp.CheckpointManager, target, epoch: int | None = None):
   epoch = mngr.latest_step() if epoch is None else epoch
   if epoch is None:
     raise CheckpointError(f'No checkpoint in {mngr.directory}.')
+  kept = mngr.all_steps()
+  if epoch not in kept:
+    raise CheckpointError(f'{mngr.directory} holds no checkpoint of epoch {epoch} (it holds '
+                          f'epochs {", ".join(map(str, kept)) or "none"}).')
   where = f'The checkpoint in {mngr.directory} (epoch {epoch})'
   _drop_async_leftovers()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)

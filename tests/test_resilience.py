@@ -323,3 +323,41 @@ def test_asyncio_reports_of_failed_checkpoint_reads_are_recognised():
   other = logging.LogRecord('asyncio', logging.ERROR, __file__, 1,
                             'Task exception was never retrieved', (), (KeyError, KeyError('x'), None))
   assert not checkpointing._orbax_leftover(other)  # pylint: disable=protected-access
+
+
+def _save_epochs(directory, epochs):
+  """Saves a small state at each (epoch, improved) with the train loop's metrics."""
+  state = {'w': np.arange(3, dtype=np.float32)}
+  with checkpointing.manager(directory) as mngr:
+    for epoch, improved in epochs:
+      record = {'epoch': epoch, 'val_loss': 1.0 / epoch, 'best': improved}
+      checkpointing.save(mngr, epoch, state, train._checkpoint_metrics(record))  # pylint: disable=protected-access
+    return mngr.all_steps()
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
+  # Best at epoch 1, then a worse epoch 2; the run stops and resumes, and saves epochs 3, 4
+  # without improving: epoch 1 must stay as the best, beside the newest.
+  assert _save_epochs(tmp_path, [(1, True), (2, False)]) == [1, 2]
+  assert _save_epochs(tmp_path, [(3, False)]) == [1, 3]
+  assert _save_epochs(tmp_path, [(4, False), (5, True)]) == [5]
+  with checkpointing.manager(tmp_path, read_only=True) as mngr:
+    restored = checkpointing.restore(mngr, {'w': np.zeros(3, np.float32)}, 5)
+  np.testing.assert_array_equal(restored['w'], np.arange(3))
+
+
+def test_checkpoints_saved_without_metrics_on_disk_are_never_deleted(tmp_path):
+  # charjax's earlier checkpoints kept their metrics only in memory: a resume must not
+  # take them for checkpoints that can go.
+  _save_epochs(tmp_path, [(1, True), (2, False)])
+  for epoch in (1, 2):
+    shutil.rmtree(tmp_path / str(epoch) / 'metrics')
+  assert _save_epochs(tmp_path, [(3, False)]) == [1, 2, 3]
+
+
+def test_restoring_an_epoch_without_a_checkpoint_names_the_kept_ones(tmp_path):
+  _save_epochs(tmp_path, [(1, True), (2, False), (3, False)])
+  with checkpointing.manager(tmp_path, read_only=True) as mngr:
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r'holds no checkpoint of epoch 2 \(it holds epochs 1, 3\)'):
+      checkpointing.restore(mngr, {'w': np.zeros(3, np.float32)}, 2)
