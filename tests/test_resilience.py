@@ -336,8 +336,8 @@ def _save_epochs(directory, epochs):
 
 
 def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
-  # Best at epoch 1, then a worse epoch 2; the run stops and resumes, and saves epochs 3, 4
-  # without improving: epoch 1 must stay as the best, beside the newest.
+  # Best at epoch 1, then a worse epoch 2; the run stops and resumes, and saves a worse
+  # epoch 3: epoch 1 must stay as the best, beside the newest. A later new best replaces it.
   assert _save_epochs(tmp_path, [(1, True), (2, False)]) == [1, 2]
   assert _save_epochs(tmp_path, [(3, False)]) == [1, 3]
   assert _save_epochs(tmp_path, [(4, False), (5, True)]) == [5]
