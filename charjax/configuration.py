@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from charjax import optim
+from charjax.data import augment
 from charjax.data import registry
 from charjax.nn import conv
 from charjax.nn import models
@@ -27,7 +28,8 @@ FIELDS = {
     'checkpoint_every_epochs': int, 'num_devices': int, 'init_from': str,
     'augment': bool, 'augment_rotation_degrees': float, 'augment_zoom': float,
     'augment_translate': float, 'augment_erase': float, 'augment_elastic_alpha': float,
-    'augment_elastic_sigma': float, 'label_smoothing': float,
+    'augment_elastic_sigma': float, 'augment_mix': str, 'augment_mix_alpha': float,
+    'augment_mix_probability': float, 'label_smoothing': float,
     'mix_in': str, 'mix_in_per_epoch': float,
 }
 
@@ -40,7 +42,8 @@ ADDED_LATER = {'augment': False, 'augment_rotation_degrees': 15.0, 'augment_zoom
                'test_split': 'auto', 'init_from': '', 'augment_translate': 0.0,
                'label_smoothing': 0.0, 'augment_erase': 0.0, 'augment_elastic_alpha': 0.0,
                'augment_elastic_sigma': 4.0, 'train_on_validation': False,
-               'mix_in': '', 'mix_in_per_epoch': 1.0}
+               'mix_in': '', 'mix_in_per_epoch': 1.0, 'augment_mix': '',
+               'augment_mix_alpha': 1.0, 'augment_mix_probability': 1.0}
 
 # Runs saved before `config.model` and `config.optimizer` were sub-configs kept these
 # fields at the top level.
@@ -135,6 +138,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(not config.augment_elastic_alpha or config.augment,
        f'augment_elastic_alpha={config.augment_elastic_alpha} needs augment=True (the '
        'distortion is part of the training augmentation)')
+  need(config.augment_mix in ('',) + augment.MIXES,
+       f'augment_mix={config.augment_mix!r} is not one of \'\', {", ".join(augment.MIXES)}')
+  need(config.augment_mix_alpha > 0,
+       f'augment_mix_alpha={config.augment_mix_alpha} must be positive')
+  need(0 < config.augment_mix_probability <= 1,
+       f'augment_mix_probability={config.augment_mix_probability} not in (0, 1]')
+  need(not config.augment_mix or config.augment,
+       f'augment_mix={config.augment_mix!r} needs augment=True (mixing is part of the '
+       'training augmentation)')
   need(0 <= config.label_smoothing < 1,
        f'label_smoothing={config.label_smoothing} not in [0, 1)')
   need(config.mix_in_per_epoch > 0,

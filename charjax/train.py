@@ -96,9 +96,17 @@ def check_model(config: ml_collections.ConfigDict, model) -> None:
         f'{str(e).splitlines()[0][:200] if str(e) else ""}') from None
 
 
-def _batch_metrics(logits, labels, mask, label_smoothing: float = 0.0):
+def _batch_metrics(logits, labels, mask, label_smoothing: float = 0.0, mixed_with=None):
   logits = logits.astype(jnp.float32)  # the loss in float32 whatever the model computes in
-  if label_smoothing:
+  if mixed_with is not None:  # w * one_hot(labels) + (1 - w) * one_hot(other labels)
+    other_labels, weights = mixed_with
+    one_hot = lambda y: jax.nn.one_hot(y, logits.shape[-1])
+    targets = (weights[:, None] * one_hot(labels)
+               + (1 - weights[:, None]) * one_hot(other_labels))
+    # The label with the larger weight is the one a prediction is counted right for.
+    labels = jnp.where(weights >= 0.5, labels, other_labels)
+    ce = optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
+  elif label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     ce = optax.softmax_cross_entropy(logits, targets)
   else:
@@ -109,20 +117,23 @@ def _batch_metrics(logits, labels, mask, label_smoothing: float = 0.0):
 
 @functools.partial(jax.jit, static_argnames=('label_smoothing',))
 def train_step(state: train_state.TrainState, images, labels, mask, rng, *,
-               label_smoothing: float = 0.0):
+               label_smoothing: float = 0.0, mixed_with=None):
   """One optimiser step on the masked mean cross-entropy; returns summed batch metrics.
 
   `mask` marks the examples that count (all of them in `train_epoch`); dropout draws
   from `fold_in(rng, state.step)`. With `label_smoothing` = e, the targets are
   `(1 - e) * one_hot + e / classes` (the reported training loss is that objective;
-  evaluation's loss is always the plain cross-entropy).
+  evaluation's loss is always the plain cross-entropy). `mixed_with` = (other labels,
+  weights w), for images mixed in pairs (`augment.mix_pairs`), makes the targets
+  `w * one_hot(labels) + (1 - w) * one_hot(other labels)` before the smoothing; a
+  prediction counts as correct for the label of larger weight.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
-    metrics = _batch_metrics(logits, labels, mask, label_smoothing)
+    metrics = _batch_metrics(logits, labels, mask, label_smoothing, mixed_with)
     return metrics['loss'] / metrics['count'], metrics
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -163,7 +174,8 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
   """One epoch as a single compiled loop: shuffle on device, then every batch in turn.
 
   With an `augmentation`, each training batch is randomly rotated, zoomed, shifted and
-  erased on the device (draws from `fold_in(rng, state.step)`); evaluation never is.
+  erased on the device (draws from `fold_in(rng, state.step)`), then its images mixed in
+  pairs if it says so (`augment.mix_pairs`); evaluation never is.
   `label_smoothing` as in `train_step`.
 
   Like Keras, the last batch is smaller when the set does not divide evenly: the full
@@ -191,14 +203,18 @@ def train_epoch(state, images, labels, rng, epoch, *, batch_size: int,
     if devices > 1:
       idx, mask = (jax.lax.with_sharding_constraint(a, P(sharding.DATA_AXIS))
                    for a in (idx, mask))
-    batch = images[idx]
+    batch, batch_labels, mixed_with = images[idx], labels[idx], None
     if augmentation is not None:
-      batch = augment.random_augment(jax.random.fold_in(augment_rng, state.step), batch,
-                                     augmentation)
+      step_rng = jax.random.fold_in(augment_rng, state.step)
+      batch = augment.random_augment(step_rng, batch, augmentation)
+      if augmentation.mix:  # its own key: the other draws stay those made without it
+        batch, other_labels, weights = augment.mix_pairs(
+            jax.random.fold_in(step_rng, 4), batch, batch_labels, mask, augmentation)
+        mixed_with = (other_labels, weights)
     if progress:
       jax.debug.callback(progress_lib.tick, state.step)
-    return train_step(state, batch, labels[idx], mask, dropout_rng,
-                      label_smoothing=label_smoothing)
+    return train_step(state, batch, batch_labels, mask, dropout_rng,
+                      label_smoothing=label_smoothing, mixed_with=mixed_with)
 
   index = order[:full * batch_size].reshape(full, batch_size)
   state, metrics = jax.lax.scan(step, state, (index, jnp.ones(index.shape, bool)),

@@ -217,3 +217,79 @@ def test_from_config_reads_elastic_distortion():
   config.augment_elastic_alpha, config.augment_elastic_sigma = 6.0, 3.0
   aug = augment.from_config(config)
   assert (aug.elastic_alpha, aug.elastic_sigma) == (6.0, 3.0)
+
+
+def test_mix_partners_pair_each_image_with_the_one_before_and_never_with_padding():
+  np.testing.assert_array_equal(augment.mix_partners(jnp.ones(5, bool)), [4, 0, 1, 2, 3])
+  padded = jnp.arange(6) < 4  # 4 real images, 2 of padding
+  np.testing.assert_array_equal(augment.mix_partners(padded)[:4], [3, 0, 1, 2])
+
+
+@pytest.mark.parametrize('mix', augment.MIXES)
+def test_mix_draws_of_the_real_images_do_not_depend_on_padding(mix):
+  images, labels = _blob_images(6), jnp.arange(6)
+  aug = augment.Augmentation(mix=mix, mix_alpha=0.5)
+  key = jax.random.key(3)
+  full = augment.mix_pairs(key, images[:4], labels[:4], jnp.ones(4, bool), aug)
+  padded = augment.mix_pairs(key, images, labels, jnp.arange(6) < 4, aug)
+  for a, b in zip(full, padded):
+    np.testing.assert_array_equal(a, b[:4])
+
+
+def test_mixup_is_the_weighted_sum_of_an_image_and_its_partner():
+  images, labels = _blob_images(5), jnp.array([3, 1, 4, 1, 5])
+  aug = augment.Augmentation(mix='mixup', mix_alpha=0.4)
+  mixed, others, w = augment.mix_pairs(jax.random.key(0), images, labels, jnp.ones(5, bool), aug)
+  partners = [4, 0, 1, 2, 3]
+  np.testing.assert_array_equal(others, labels[jnp.array(partners)])
+  assert bool(jnp.all((w > 0) & (w < 1))) and float(jnp.std(w)) > 0.01  # drawn per image
+  expected = (w[:, None, None, None] * images
+              + (1 - w[:, None, None, None]) * images[jnp.array(partners)])
+  np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_cutmix_pastes_one_rectangle_of_the_partner_and_weights_by_the_area_kept():
+  n, size = 64, 12
+  # Image i is constant i + 1, so every pixel says which image it came from.
+  images = (jnp.arange(n, dtype=jnp.float32) + 1)[:, None, None, None] * jnp.ones(
+      (n, size, size, 1))
+  aug = augment.Augmentation(mix='cutmix', mix_alpha=1.0)
+  mixed, _, w = augment.mix_pairs(jax.random.key(1), images, jnp.arange(n), jnp.ones(n, bool),
+                                  aug)
+  mixed = np.asarray(mixed[..., 0])
+  for i, partner in enumerate(np.asarray(augment.mix_partners(jnp.ones(n, bool)))):
+    pasted = mixed[i] == partner + 1
+    assert np.all(pasted | (mixed[i] == i + 1))
+    assert float(w[i]) == pytest.approx(1 - pasted.mean(), abs=1e-6)
+    if pasted.any():  # a single axis-aligned rectangle
+      rows, cols = np.nonzero(pasted.any(1))[0], np.nonzero(pasted.any(0))[0]
+      assert pasted.sum() == len(rows) * len(cols)
+      assert np.ptp(rows) == len(rows) - 1 and np.ptp(cols) == len(cols) - 1
+  assert 0.3 < float(w.mean()) < 0.8  # Beta(1, 1): about half the area, less where clipped
+
+
+def test_mixing_probability_leaves_the_other_images_untouched():
+  images, labels = _blob_images(64, 12), jnp.arange(64)
+  aug = augment.Augmentation(mix='mixup', mix_probability=0.25)
+  mixed, _, w = augment.mix_pairs(jax.random.key(2), images, labels, jnp.ones(64, bool), aug)
+  kept = np.asarray(w == 1.0)
+  assert 0.5 < kept.mean() < 0.95
+  np.testing.assert_array_equal(np.asarray(mixed)[kept], np.asarray(images)[kept])
+
+
+def test_from_config_reads_mixing():
+  from charjax.configs import recipe
+  config = recipe.get_config()
+  config.augment_mix, config.augment_mix_alpha, config.augment_mix_probability = 'cutmix', 0.5, 0.3
+  aug = augment.from_config(config)
+  assert (aug.mix, aug.mix_alpha, aug.mix_probability) == ('cutmix', 0.5, 0.3)
+
+
+@pytest.mark.parametrize('augment_on, field, value, message', [
+    (True, 'augment_mix', 'mixit', "augment_mix='mixit' is not one of '', mixup, cutmix"),
+    (True, 'augment_mix_alpha', 0.0, 'augment_mix_alpha=0.0 must be positive'),
+    (True, 'augment_mix_probability', 0.0, r'augment_mix_probability=0.0 not in \(0, 1\]'),
+    (False, 'augment_mix', 'cutmix', "augment_mix='cutmix' needs augment=True"),
+])
+def test_impossible_mixing_is_refused(augment_on, field, value, message):
+  test_impossible_augmentation_is_refused(augment_on, field, value, message)

@@ -28,6 +28,7 @@ def config(num_devices, epochs=3):
   c = tiny_config(data_dir, tfds_dir)
   c.num_epochs, c.checkpoint_every_epochs, c.num_devices = epochs, 1, num_devices
   c.augment = True  # random draws in every step: they too must not depend on the split
+  c.augment_mix = 'cutmix'  # pairs within a batch split over devices, a padded last one
   return c
 
 def curve(workdir):

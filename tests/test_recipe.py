@@ -29,6 +29,27 @@ def test_label_smoothing_loss_matches_hand_computation():
   assert int(got['correct']) == int(plain['correct']) == 1
 
 
+def test_mixed_targets_loss_matches_hand_computation():
+  logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0], [1.0, 0.0, -1.0]])
+  labels, others = jnp.array([0, 2, 1]), jnp.array([1, 1, 2])
+  weights = jnp.array([0.7, 0.2, 1.0])
+  mask = jnp.array([True, True, True])
+  e = 0.1
+  log_p = np.log(np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True))
+  eye = np.eye(3)
+  w = np.asarray(weights)[:, None]
+  targets = (1 - e) * (w * eye[[0, 2, 1]] + (1 - w) * eye[[1, 1, 2]]) + e / 3
+  got = train._batch_metrics(logits, labels, mask, e, (others, weights))  # pylint: disable=protected-access
+  assert float(got['loss']) == pytest.approx(-(targets * log_p).sum(), rel=1e-6)
+  # Correct for the label of larger weight: 0 (w 0.7; predicted 0), 1 (w 0.2; predicted 1);
+  # the third keeps its own label 1 (w 1; predicted 0).
+  assert int(got['correct']) == 2
+  # Weights of 1 are the plain (smoothed) objective.
+  same = train._batch_metrics(logits, labels, mask, e, (others, jnp.ones(3)))  # pylint: disable=protected-access
+  plain = train._batch_metrics(logits, labels, mask, label_smoothing=e)  # pylint: disable=protected-access
+  assert float(same['loss']) == pytest.approx(float(plain['loss']), rel=1e-6)
+
+
 def recipe_config(data_dir, tfds_dir):
   config = tiny_config(data_dir, tfds_dir)
   config.model = {'name': 'ResNet', 'stage_features': (16, 32), 'blocks_per_stage': 1,

@@ -1,10 +1,12 @@
 """One short training run on generated data, checkpoint restore, and config errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from charjax import checkpointing
 from charjax import configuration
 from charjax import evaluate
+from charjax.data import augment
 from charjax.data import input_pipeline
 from charjax import runs
 from charjax import train
@@ -108,6 +111,34 @@ def test_train_epoch_is_deterministic_and_covers_every_example(prepared_dirs):
   assert int(outs[0][0]['count']) == 50 and int(state.step) == 2
   assert float(outs[0][0]['loss']) == float(outs[1][0]['loss'])
   jax.tree.map(np.testing.assert_array_equal, outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize('mix', augment.MIXES)
+def test_train_epoch_trains_on_mixed_pairs(prepared_dirs, mix):
+  config = tiny_config(*prepared_dirs)
+  model = train.create_model(config, 10)
+  no_mix = augment.Augmentation(0.0, 0.0)
+  mixing = dataclasses.replace(no_mix, mix=mix, mix_alpha=0.5)
+
+  def epoch(images, labels, augmentation):
+    state = train.create_train_state(config, model, jax.random.key(0), 16)
+    state, sums = train.train_epoch(state, images, labels, jax.random.key(1), 1, batch_size=32,
+                                    augmentation=augmentation)
+    return jax.device_get(sums), jax.device_get(state.params)
+
+  # Pairs of the same image and label: mixing changes neither images nor targets.
+  same = jnp.tile(jax.random.uniform(jax.random.key(0), (1, 16, 16, 1)), (50, 1, 1, 1))
+  same_labels = jnp.full((50,), 3)
+  (plain, _), (mixed, _) = (epoch(same, same_labels, a) for a in (no_mix, mixing))
+  # (up to rounding: w x + (1 - w) x is x only within float32's last bits)
+  assert float(mixed['loss']) == pytest.approx(float(plain['loss']), rel=1e-5)
+  assert int(mixed['correct']) == int(plain['correct'])
+  # Different images and labels: a different objective, every example counted once.
+  images = jax.random.uniform(jax.random.key(0), (50, 16, 16, 1))
+  labels = jnp.arange(50) % 10
+  (plain, _), (mixed, _) = (epoch(images, labels, a) for a in (no_mix, mixing))
+  assert int(mixed['count']) == 50 and np.isfinite(float(mixed['loss']))
+  assert abs(float(mixed['loss']) - float(plain['loss'])) > 1e-3
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -66,6 +66,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.augment_erase = 0.0              # probability of erasing a rectangle per image
   config.augment_elastic_alpha = 0.0      # elastic distortion's size in pixels (0: off)
   config.augment_elastic_sigma = 4.0      # and its smoothness (Gaussian sigma, pixels)
+  # Images mixed in pairs within each batch, targets weighted alike: '' (off), 'mixup' or
+  # 'cutmix'; the weight drawn from Beta(alpha, alpha) for a fraction `probability` of them.
+  config.augment_mix = ''
+  config.augment_mix_alpha = 1.0
+  config.augment_mix_probability = 1.0
   # Training targets (1 - e) * one_hot + e / classes; 0 = the study's plain cross-entropy.
   config.label_smoothing = 0.0
   # Another dataset of the same characters mixed into every training epoch (e.g. 'dhcd' for

@@ -15,6 +15,12 @@ one writer's hand differs from another's, which no affine transform does.
 With `erase_probability`, each transformed image then has, with that probability, one
 rectangle set to the background (random erasing, or cutout): a random part of the character
 is missing, as when a stroke is faint or the scan is cut.
+With `mix` ('mixup' or 'cutmix'), each image is then paired with another of its batch and
+the two are blended (mixup: Zhang et al., 2018, a weighted sum of the images) or cut
+(CutMix: Yun et al., 2019, a rectangle of the partner pasted in), the training target
+weighting the two labels as the images are (`mix_pairs`): the network is asked for a
+calibrated answer between two characters instead of a certain one, a regulariser aimed at
+look-alike classes.
 Everything is jittable and runs inside `train.train_epoch`; the draws depend only on the
 key, so a seed gives the same augmented batches on every run.
 """
@@ -42,6 +48,14 @@ class Augmentation:
   # Elastic distortion: displacement scale in pixels (0: off) and smoothness in pixels.
   elastic_alpha: float = 0.0
   elastic_sigma: float = 4.0
+  # Pairwise mixing ('', 'mixup' or 'cutmix'): the weight of an image's own label is drawn
+  # from Beta(mix_alpha, mix_alpha) for a fraction `mix_probability` of the images, else 1.
+  mix: str = ''
+  mix_alpha: float = 1.0
+  mix_probability: float = 1.0
+
+
+MIXES = ('mixup', 'cutmix')
 
 
 def affine_warp(images: jax.Array, angles: jax.Array, scales: jax.Array,
@@ -155,6 +169,57 @@ def random_erase(rng: jax.Array, images: jax.Array, probability: float,
   return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
 
 
+def mix_partners(mask: jax.Array) -> jax.Array:
+  """Index of each batch element's partner: the element before it, the first element's
+  being the last that `mask` marks (a padded last batch's padding is never a partner, so
+  the pairs are the same whatever the padding)."""
+  n = mask.shape[0]
+  last = jnp.sum(mask.astype(jnp.int32)) - 1
+  return jnp.where(jnp.arange(n) == 0, last, jnp.arange(n) - 1)
+
+
+def mix_pairs(rng: jax.Array, images: jax.Array, labels: jax.Array, mask: jax.Array,
+              aug: Augmentation) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mixes each image with its partner (`mix_partners`) as `aug.mix` says.
+
+  Returns the mixed images, the partners' labels and the weight w of each image's own
+  label: the training target is w * one_hot(label) + (1 - w) * one_hot(partner's label).
+  mixup: image = w x + (1 - w) x_partner, w drawn from Beta(alpha, alpha). cutmix: a
+  rectangle of the partner is pasted in, its area (1 - w') of the image for a drawn w', its
+  height/width ratio the image's, its centre uniform on the image, clipped to it; w is the
+  fraction of the image left as it was (1 - the clipped rectangle's area). Images not drawn
+  to be mixed (probability 1 - `aug.mix_probability`) keep w = 1. Each element's draws
+  depend only on its position in the batch.
+  """
+  n, height, width, _ = images.shape
+  partners = mix_partners(mask)
+  keys = jax.random.split(rng, 4)
+  weights = jax.random.beta(keys[0], aug.mix_alpha, aug.mix_alpha, (n,))
+  if aug.mix_probability < 1:
+    weights = jnp.where(jax.random.bernoulli(keys[1], aug.mix_probability, (n,)), weights, 1.0)
+  others = images[partners]
+  if aug.mix == 'mixup':
+    w = weights.astype(images.dtype)[:, None, None, None]
+    mixed = w * images + (1 - w) * others
+  elif aug.mix == 'cutmix':
+    side = jnp.sqrt(1.0 - weights)
+    centre_r = jax.random.uniform(keys[2], (n,)) * height
+    centre_c = jax.random.uniform(keys[3], (n,)) * width
+    top = jnp.clip(jnp.round(centre_r - side * height / 2), 0, height)
+    bottom = jnp.clip(jnp.round(centre_r + side * height / 2), 0, height)
+    left = jnp.clip(jnp.round(centre_c - side * width / 2), 0, width)
+    right = jnp.clip(jnp.round(centre_c + side * width / 2), 0, width)
+    rows = jnp.arange(height)[None, :, None]
+    cols = jnp.arange(width)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < bottom[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < right[:, None, None]))
+    mixed = jnp.where(inside[..., None], others, images)
+    weights = 1.0 - (bottom - top) * (right - left) / (height * width)
+  else:
+    raise ValueError(f'mix={aug.mix!r} is not one of {", ".join(MIXES)}')
+  return mixed, labels[partners], weights
+
+
 def from_config(config) -> Augmentation | None:
   """The config's augmentation, or None when `config.augment` is off."""
   if not config.augment:
@@ -164,4 +229,7 @@ def from_config(config) -> Augmentation | None:
                       max_translate=float(config.get('augment_translate', 0.0)),
                       erase_probability=float(config.get('augment_erase', 0.0)),
                       elastic_alpha=float(config.get('augment_elastic_alpha', 0.0)),
-                      elastic_sigma=float(config.get('augment_elastic_sigma', 4.0)))
+                      elastic_sigma=float(config.get('augment_elastic_sigma', 4.0)),
+                      mix=str(config.get('augment_mix', '')),
+                      mix_alpha=float(config.get('augment_mix_alpha', 1.0)),
+                      mix_probability=float(config.get('augment_mix_probability', 1.0)))
