@@ -18,9 +18,8 @@ is missing, as when a stroke is faint or the scan is cut.
 With `mix` ('mixup' or 'cutmix'), each image is then paired with another of its batch and
 the two are blended (mixup: Zhang et al., 2018, a weighted sum of the images) or cut
 (CutMix: Yun et al., 2019, a rectangle of the partner pasted in), the training target
-weighting the two labels as the images are (`mix_pairs`): the network is asked for a
-calibrated answer between two characters instead of a certain one, a regulariser aimed at
-look-alike classes.
+weighting the two labels as the images are (`mix_pairs`): a regulariser that asks the
+network for a graded answer between two characters instead of a certain one.
 Everything is jittable and runs inside `train.train_epoch`; the draws depend only on the
 key, so a seed gives the same augmented batches on every run.
 """
