@@ -62,11 +62,14 @@ def test_subset_accuracies_are_summarised_over_seeds_that_all_report_them():
   assert seeds.summarise_subsets(runs + [{'per_subset_accuracy': {'numerals': 1.0}}]) == {}
 
 
-def test_seeds_trained_together_match_seeds_trained_apart(prepared_dirs, tmp_path):
+@pytest.mark.parametrize('mix', ['', 'cutmix'])
+def test_seeds_trained_together_match_seeds_trained_apart(prepared_dirs, tmp_path, mix):
   """vmapped over the seed in one program, each seed gets the metrics, checkpoints and
-  results it gets alone (up to float reordering; the same draws)."""
+  results it gets alone (up to float reordering; the same draws), with images mixed in
+  pairs too."""
   config = tiny_config(*prepared_dirs)
   config.num_epochs = 2
+  config.augment, config.augment_mix = bool(mix), mix
   apart = seeds.train_seeds(config, str(tmp_path / 'apart'), num_seeds=2)
   together = seeds.train_seeds(config, str(tmp_path / 'together'), num_seeds=2, together=True)
   assert together['together'] and not apart['together']
