@@ -98,19 +98,17 @@ def check_model(config: ml_collections.ConfigDict, model) -> None:
 
 def _batch_metrics(logits, labels, mask, label_smoothing: float = 0.0, mixed_with=None):
   logits = logits.astype(jnp.float32)  # the loss in float32 whatever the model computes in
-  if mixed_with is not None:  # w * one_hot(labels) + (1 - w) * one_hot(other labels)
-    other_labels, weights = mixed_with
-    one_hot = lambda y: jax.nn.one_hot(y, logits.shape[-1])
-    targets = (weights[:, None] * one_hot(labels)
-               + (1 - weights[:, None]) * one_hot(other_labels))
-    # The label with the larger weight is the one a prediction is counted right for.
-    labels = jnp.where(weights >= 0.5, labels, other_labels)
-    ce = optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
-  elif label_smoothing:
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    ce = optax.softmax_cross_entropy(logits, targets)
-  else:
+  if mixed_with is None and not label_smoothing:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  else:
+    one_hot = lambda y: jax.nn.one_hot(y, logits.shape[-1])
+    targets = one_hot(labels)
+    if mixed_with is not None:  # w * one_hot(labels) + (1 - w) * one_hot(other labels)
+      other_labels, weights = mixed_with
+      targets = weights[:, None] * targets + (1 - weights[:, None]) * one_hot(other_labels)
+      # The label with the larger weight is the one a prediction is counted right for.
+      labels = jnp.where(weights >= 0.5, labels, other_labels)
+    ce = optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
   correct = (jnp.argmax(logits, -1) == labels) & mask
   return {'loss': jnp.sum(ce * mask), 'correct': jnp.sum(correct), 'count': jnp.sum(mask)}
 

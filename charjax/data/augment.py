@@ -161,11 +161,17 @@ def random_erase(rng: jax.Array, images: jax.Array, probability: float,
   `erase_boxes` set to 0 (the background)."""
   n, height, width, _ = images.shape
   boxes = erase_boxes(rng, n, height, width, probability, area, max_aspect)
+  inside = box_mask(boxes, height, width)
+  return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
+
+
+def box_mask(boxes: jax.Array, height: int, width: int) -> jax.Array:
+  """(N, height, width) bool: the pixels inside each of `boxes`, (N, 4) (top, left, bottom,
+  right) bounds, bottom and right exclusive."""
   rows = jnp.arange(height)[None, :, None]
   cols = jnp.arange(width)[None, None, :]
-  inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
-            & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))
-  return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)
+  return ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
+          & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))
 
 
 def mix_partners(mask: jax.Array) -> jax.Array:
@@ -208,10 +214,7 @@ def mix_pairs(rng: jax.Array, images: jax.Array, labels: jax.Array, mask: jax.Ar
     bottom = jnp.clip(jnp.round(centre_r + side * height / 2), 0, height)
     left = jnp.clip(jnp.round(centre_c - side * width / 2), 0, width)
     right = jnp.clip(jnp.round(centre_c + side * width / 2), 0, width)
-    rows = jnp.arange(height)[None, :, None]
-    cols = jnp.arange(width)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < bottom[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < right[:, None, None]))
+    inside = box_mask(jnp.stack([top, left, bottom, right], axis=-1), height, width)
     mixed = jnp.where(inside[..., None], others, images)
     weights = 1.0 - (bottom - top) * (right - left) / (height * width)
   else:
