@@ -7,15 +7,9 @@ on an NHCD subset. Same recipe as `recipe` (AdamW, warm-up + cosine, label smoot
 shifts, parameter average), fewer epochs: the set is ten times the consonants'. 20 epochs
 were chosen on validation: they reach a lower validation loss than 8 (0.120 at epoch 15
 against 0.193), and the vowels fine-tuned from them too (0.113 against 0.132, means of 3
-seeds). For the wide variant, 30 epochs gain no validation accuracy over 20 (seed 2: 99.42
-against 99.41 at the best-loss epoch, 99.51 both at the last), nor does a weight decay of
-0.05 instead of 5e-4 beyond the seeds' spread (seed 2: 99.45 and 99.53); the base width
-with two blocks per stage, as many parameters spent on depth, reads validation worse (seed
-2: 99.21 and 99.39 at the best-loss and last epochs, against the wide network's 99.41 and
-99.51), and so does the wide network with CutMix on half the images (99.24 and 99.26) or
-with mixup (99.39 and 99.42); a parameter average with decay 0.999 instead of 0.99 gives
-99.41 and 99.52, stages of 64/128/256 channels 99.43 and 99.51 at 1.8 times the
-training time, and a 44x44 input (`--config.image_size=44`) 99.44 and 99.46.
+seeds). What else was tried on the wide variant (30 epochs, more weight decay, depth,
+more width, a larger input, CutMix, mixup, a longer parameter average) and gained nothing
+on validation: docs/recipe.md, "Ablation (validation)".
 
   python -m charjax.train --config recipe_pretrain --workdir runs/recipe_pretrain
 
