@@ -7,9 +7,9 @@ step), `warmup_epochs` (linear ramp from 0, in epochs, fractional allowed) and `
 (0: off; else an exponential moving average of the parameters is kept in the optimiser's
 state, `params_ema`, and runs are evaluated, checkpointed for use and exported with it:
 see `evaluation_params`). The study's optimiser, RMSprop with Keras's update rule, is the
-default; Adam, AdamW and SGD with momentum are optax's. A constant rate without warm-up is
-passed to the optimiser as a number, so its state is exactly the study's (no step counter
-for a schedule).
+default; Adam and AdamW are optax's; SGD (`sgd`) is optax's with optional momentum and
+PyTorch's coupled weight decay. A constant rate without warm-up is passed to the optimiser
+as a number, so its state is exactly the study's (no step counter for a schedule).
 """
 
 from __future__ import annotations
@@ -43,11 +43,25 @@ def keras_rmsprop(learning_rate, rho: float = 0.9,
                        eps_in_sqrt=False, centered=False, momentum=None)
 
 
+def sgd(learning_rate, momentum: float | None = None, nesterov: bool = False,
+        weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """SGD with optional (Nesterov) momentum and PyTorch's coupled weight decay.
+
+  The decay is added to the gradient before the momentum (`g + weight_decay * p`), as
+  `torch.optim.SGD(weight_decay=...)` does, not decoupled as in AdamW; without it the
+  transformation is optax's `sgd` itself, so its state is unchanged.
+  """
+  if weight_decay < 0:
+    raise ValueError(f'weight_decay={weight_decay} is negative')
+  tx = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+  return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
+
+
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     'keras_rmsprop': keras_rmsprop,
     'adam': optax.adam,
     'adamw': optax.adamw,
-    'sgd': optax.sgd,  # momentum=..., nesterov=...
+    'sgd': sgd,
 }
 SCHEDULES = ('constant', 'cosine')
 _SCHEDULE_FIELDS = ('learning_rate', 'schedule', 'warmup_epochs', 'ema_decay')

@@ -283,6 +283,35 @@ def test_wide_variant_widens_the_resnet_for_pretraining_and_fine_tuning():
   assert recipe_pretrain.get_config('quick').num_epochs == 2
 
 
+def test_sgd_variant_swaps_only_the_optimiser_and_combines_with_the_others():
+  from charjax.configs import recipe
+  from charjax.configs import recipe_from_dhcd
+  from charjax.configs import recipe_pretrain
+  for module in (recipe, recipe_pretrain, recipe_from_dhcd):
+    sgd, wide = module.get_config('wide,sgd'), module.get_config('wide')
+    configuration.validate(sgd)
+    assert dict(sgd.optimizer) == dict(
+        name='sgd', learning_rate=0.1, momentum=0.9, nesterov=True, schedule='cosine',
+        warmup_epochs=2.0, weight_decay=5e-4, ema_decay=0.99)
+    assert {k: v for k, v in sgd.items() if k not in ('optimizer', 'init_from')} == {
+        k: v for k, v in wide.items() if k not in ('optimizer', 'init_from')}
+    # The order of the parts does not matter; 'quick' still applies.
+    assert module.get_config('sgd,wide,quick').to_dict() == {
+        **sgd.to_dict(), 'num_epochs': 2, 'checkpoint_every_epochs': 1}
+    assert tuple(module.get_config('sgd').model.stage_features) == (32, 64, 128)
+    for bad in ('wide,cnn', 'sgd,adamw', 'quick,huge', 'wide,huge'):
+      with pytest.raises(ValueError):
+        module.get_config(bad)
+  assert recipe_from_dhcd.get_config('wide,sgd').init_from == 'runs/recipe_pretrain_wide_sgd'
+  from charjax import optim
+  # The config's fields are the ones optim.sgd takes.
+  tx = optim.create(recipe_pretrain.get_config('wide,sgd').optimizer,
+                    steps_per_epoch=3, num_epochs=2)
+  params = {'w': np.ones(2, np.float32)}
+  updates, _ = tx.update({'w': np.ones(2, np.float32)}, tx.init(params), params)
+  assert np.all(np.isfinite(updates['w']))
+
+
 def test_train_on_validation_trains_on_both_splits_and_keeps_the_last_epoch(
     prepared_dirs, tmp_path):
   config = tiny_config(*prepared_dirs)

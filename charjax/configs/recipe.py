@@ -16,7 +16,9 @@ lowest validation loss.
 The variant `cnn` trains experiment 2's network (`SubsetCNN`) with the recipe, to
 separate what the network brings from what the training brings; `wide` the ResNet with
 stages of 48, 96 and 192 channels instead of 32, 64 and 128 (`recipe_pretrain:wide`,
-`recipe_from_dhcd:wide`).
+`recipe_from_dhcd:wide`); `sgd` SGD with Nesterov momentum 0.9, peak rate 0.1 and
+PyTorch's coupled weight decay 5e-4 instead of AdamW. Parts combine with a comma:
+`recipe_pretrain:wide,sgd`, `recipe:wide,sgd,quick`.
 
 Runtime on this project's 2-core CPU: 12.3 min of training and validation (consonants,
 40 epochs). Test accuracy over 3 seeds: consonants 90.30 ± 0.87%, numerals 97.84 ± 0.35%,
@@ -40,19 +42,45 @@ NETWORKS = {
 }
 
 
-def network_variant(variant: str) -> tuple[str, str]:
-  """(the network variant, the rest): `'wide'` -> ('wide', ''), `'quick'` -> ('', 'quick')."""
-  return (variant, '') if variant in NETWORKS else ('', variant)
+OPTIMIZERS = {
+    'adamw': dict(name='adamw', learning_rate=2e-3, schedule='cosine', warmup_epochs=2.0,
+                  weight_decay=5e-4, ema_decay=0.99),
+    'sgd': dict(name='sgd', learning_rate=0.1, momentum=0.9, nesterov=True, schedule='cosine',
+                warmup_epochs=2.0, weight_decay=5e-4, ema_decay=0.99),
+}
+
+
+def split_variant(variant: str) -> tuple[str, str, str]:
+  """(network, optimiser, the rest) of a variant such as `'wide,sgd,quick'`.
+
+  The network is a key of `NETWORKS` ('' by default), the optimiser one of `OPTIMIZERS`
+  ('adamw' by default); the rest (at most one part) goes to `configs.with_variant`.
+  """
+  parts = [part for part in (variant or '').split(',') if part]
+  networks = [part for part in parts if part in NETWORKS]
+  optimizers = [part for part in parts if part in OPTIMIZERS]
+  rest = [part for part in parts if part not in NETWORKS and part not in OPTIMIZERS]
+  if len(networks) > 1 or len(optimizers) > 1 or len(rest) > 1:
+    raise ValueError(f'config variant {variant!r} names more than one network, optimiser or '
+                     f'other variant; networks: {", ".join(n for n in NETWORKS if n)}; '
+                     f'optimisers: {", ".join(OPTIMIZERS)}')
+  return (networks or [''])[0], (optimizers or ['adamw'])[0], (rest or [''])[0]
+
+
+def recipe_variant(variant: str) -> tuple[str, str]:
+  """(the recipe's own parts, the rest): `'wide,sgd,quick'` -> ('wide,sgd', 'quick')."""
+  network, optimizer, rest = split_variant(variant)
+  own = [network] if network else []
+  own += [optimizer] if optimizer != 'adamw' else []
+  return ','.join(own), rest
 
 
 def get_config(variant: str = ''):
   config = default.get_config()
   config.subset = 'consonants'
-  network, variant = network_variant(variant)
+  network, optimizer, variant = split_variant(variant)
   config.model = ml_collections.ConfigDict(NETWORKS[network])
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='adamw', learning_rate=2e-3, schedule='cosine', warmup_epochs=2.0,
-      weight_decay=5e-4, ema_decay=0.99))
+  config.optimizer = ml_collections.ConfigDict(OPTIMIZERS[optimizer])
   config.batch_size = 128
   config.num_epochs = 40
   config.checkpoint_every_epochs = 5

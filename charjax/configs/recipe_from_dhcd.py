@@ -36,7 +36,8 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  network, variant = recipe.network_variant(variant)
-  config = recipe.get_config(network)
-  config.init_from = 'runs/recipe_pretrain' + (f'_{network}' if network else '')
+  own, variant = recipe.recipe_variant(variant)
+  config = recipe.get_config(own)
+  config.init_from = 'runs/recipe_pretrain' + ''.join(
+      f'_{part}' for part in own.split(',') if part)
   return configs.with_variant(config, variant)

@@ -28,8 +28,8 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  network, variant = recipe.network_variant(variant)
-  config = recipe.get_config(network)
+  own, variant = recipe.recipe_variant(variant)
+  config = recipe.get_config(own)
   config.dataset = 'dhcd'
   config.subset = 'all'
   config.num_epochs = 20
