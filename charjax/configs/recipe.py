@@ -67,18 +67,16 @@ def split_variant(variant: str) -> tuple[str, str, str]:
   return (networks or [''])[0], (optimizers or ['adamw'])[0], (rest or [''])[0]
 
 
-def recipe_variant(variant: str) -> tuple[str, str]:
-  """(the recipe's own parts, the rest): `'wide,sgd,quick'` -> ('wide,sgd', 'quick')."""
-  network, optimizer, rest = split_variant(variant)
-  own = [network] if network else []
-  own += [optimizer] if optimizer != 'adamw' else []
-  return ','.join(own), rest
-
-
 def get_config(variant: str = ''):
+  network, optimizer, rest = split_variant(variant)
+  return configs.with_variant(base_config(network, optimizer), rest)
+
+
+def base_config(network: str = '', optimizer: str = 'adamw') -> ml_collections.ConfigDict:
+  """The recipe with `NETWORKS[network]` and `OPTIMIZERS[optimizer]`, before any variant
+  such as 'quick' (the DHCD configs build on it, then apply theirs)."""
   config = default.get_config()
   config.subset = 'consonants'
-  network, optimizer, variant = split_variant(variant)
   config.model = ml_collections.ConfigDict(NETWORKS[network])
   config.optimizer = ml_collections.ConfigDict(OPTIMIZERS[optimizer])
   config.batch_size = 128
@@ -89,4 +87,4 @@ def get_config(variant: str = ''):
   config.augment_rotation_degrees = 10.0
   config.augment_zoom = 0.1
   config.augment_translate = 0.08
-  return configs.with_variant(config, variant)
+  return config

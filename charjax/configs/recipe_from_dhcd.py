@@ -36,8 +36,9 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  own, variant = recipe.recipe_variant(variant)
-  config = recipe.get_config(own)
-  config.init_from = 'runs/recipe_pretrain' + ''.join(
-      f'_{part}' for part in own.split(',') if part)
+  network, optimizer, variant = recipe.split_variant(variant)
+  config = recipe.base_config(network, optimizer)
+  # Where `recipe_pretrain` with the same network and optimiser trains by default.
+  parts = [network] * bool(network) + [optimizer] * (optimizer != 'adamw')
+  config.init_from = 'runs/recipe_pretrain' + ''.join(f'_{part}' for part in parts)
   return configs.with_variant(config, variant)

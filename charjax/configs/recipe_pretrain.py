@@ -28,8 +28,8 @@ from charjax.configs import recipe
 
 
 def get_config(variant: str = ''):
-  own, variant = recipe.recipe_variant(variant)
-  config = recipe.get_config(own)
+  network, optimizer, variant = recipe.split_variant(variant)
+  config = recipe.base_config(network, optimizer)
   config.dataset = 'dhcd'
   config.subset = 'all'
   config.num_epochs = 20
