@@ -8,8 +8,9 @@ shifts, parameter average), fewer epochs: the set is ten times the consonants'. 
 were chosen on validation: they reach a lower validation loss than 8 (0.120 at epoch 15
 against 0.193), and the vowels fine-tuned from them too (0.113 against 0.132, means of 3
 seeds). What else was tried on the wide variant (30 epochs, more weight decay, depth,
-more width, a larger input, SGD with momentum, CutMix, mixup, a longer parameter average)
-and gained nothing on validation: docs/recipe.md, "Ablation (validation)".
+more width, a larger input, SGD with momentum, stronger rotation, zoom and shifts, CutMix,
+mixup, a longer parameter average) and gained nothing on validation: docs/recipe.md,
+"Ablation (validation)".
 
   python -m charjax.train --config recipe_pretrain --workdir runs/recipe_pretrain
 
