@@ -39,6 +39,6 @@ def get_config(variant: str = ''):
   network, optimizer, variant = recipe.split_variant(variant)
   config = recipe.base_config(network, optimizer)
   # Where `recipe_pretrain` with the same network and optimiser trains by default.
-  parts = [network] * bool(network) + [optimizer] * (optimizer != 'adamw')
+  parts = [part for part in (network, optimizer) if part not in ('', 'adamw')]
   config.init_from = 'runs/recipe_pretrain' + ''.join(f'_{part}' for part in parts)
   return configs.with_variant(config, variant)
